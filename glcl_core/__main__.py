@@ -9,16 +9,39 @@ import sys
 import time
 from pathlib import Path
 
+from glcl_core.profiles import PROFILES
+
+# Kept here, not imported from experiment/train, so `--help` and argument errors stay fast (no torch import).
+GLOBAL_CHOICES = ("GR", "GD-", "GD", "PCL")
+LOCAL_CHOICES = ("LR", "LD")
+INIT_CHOICES = ("random", "GR", "GD-", "GD", "PCL", "GD+LR", "GD+LD", "PCL+LR")
+
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+def _existing(path: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CLIError(f"{p}: no such file or folder")
+    return p
+
+
+def _config(args: argparse.Namespace, **overrides):
+    from glcl_core.train.config import make_config
+
+    data = {"path": str(_existing(args.data)) if args.data else None}
+    if getattr(args, "channel", None) is not None:
+        data["channel"] = args.channel
+    return make_config(args.profile, seed=args.seed, data=data, **overrides)
 
 
 def _cmd_data(args: argparse.Namespace) -> None:
     from glcl_core.data import embedded_dataset, load_volumes, summarize
 
     t0 = time.perf_counter()
-    path = Path(args.data) if args.data else embedded_dataset()
+    path = _existing(args.data) if args.data else embedded_dataset()
     volumes = load_volumes(path)
     print(f"data: {path}  ({time.perf_counter() - t0:.1f} s)")
     print(summarize(volumes))
@@ -29,26 +52,160 @@ def _cmd_main(args: argparse.Namespace) -> None:
     _cmd_data(args)
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from glcl_core.experiment import prepare_split
+    from glcl_core.train.loops import pretrain_global, pretrain_local
+
+    overrides: dict = {"global_": {"strategy": args.strategy}}
+    if args.local:
+        overrides["local"] = {"strategy": args.local}
+    if args.iterations:
+        overrides["global_"]["iterations"] = args.iterations
+        if args.local:
+            overrides["local"]["iterations"] = args.iterations
+    cfg = _config(args, **overrides)
+    split = prepare_split(cfg)
+    name = args.strategy + (f"+{args.local}" if args.local else "")
+    out = Path(args.out or f"runs/pretrain-{name}")
+    print(f"pre-training {name} on the training pool ({split}) -> {out}")
+    g = pretrain_global(cfg, split.pool, out=out / "global", resume=args.resume, overwrite=args.overwrite)
+    print(f"global stage: last loss {g.history['loss'].iloc[-1]:.4f}; weights {out / 'global' / 'final.pt'}")
+    if args.local:
+        loc = pretrain_local(cfg, split.pool, init=out / "global" / "final.pt", out=out / "local",
+                             resume=args.resume, overwrite=args.overwrite)
+        print(f"local stage: last loss {loc.history['loss'].iloc[-1]:.4f}; weights {out / 'local' / 'final.pt'}")
+
+
+def _print_scores(scores, n_test: int) -> None:
+    print(scores.groupby("class")["dice"].agg(["mean", "std"]).round(3).to_string())
+    print(f"mean foreground Dice on {n_test} test volumes: {scores['dice'].mean():.3f}")
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from glcl_core.data.split import draw_labelled
+    from glcl_core.experiment import class_names_of, prepare_split
+    from glcl_core.train.loops import evaluate, finetune
+
+    overrides: dict = {"finetune": {"n_labelled": args.n_labelled}}
+    if args.iterations:
+        overrides["finetune"]["iterations"] = args.iterations
+    init = _existing(args.init) if args.init else None
+    cfg = _config(args, **overrides)
+    split = prepare_split(cfg)
+    labelled = draw_labelled(split.pool, args.n_labelled, args.seed)
+    out = Path(args.out or f"runs/finetune-n{args.n_labelled}-s{args.seed}")
+    print(f"fine-tuning on {[v.name for v in labelled]} from {init or 'random init'} -> {out}")
+    result = finetune(cfg, labelled, split.val, init=init, out=out, resume=args.resume, overwrite=args.overwrite)
+    scores = evaluate(result.model, split.test, n_classes=cfg.model.n_classes, class_names=class_names_of(cfg))
+    scores.to_csv(out / "metrics.csv", index=False)
+    _print_scores(scores, len(split.test))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from glcl_core.experiment import class_names_of, prepare_split
+    from glcl_core.train.checkpoint import load_checkpoint
+    from glcl_core.train.loops import build_model, evaluate
+
+    ckpt_path = _existing(args.checkpoint)
+    cfg = _config(args)
+    ckpt = load_checkpoint(ckpt_path)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as err:
+        raise CLIError(f"{ckpt_path}: does not fit the {cfg.profile} profile's model ({str(err)[:200]})") from err
+    split = prepare_split(cfg)
+    scores = evaluate(model, split.test, n_classes=cfg.model.n_classes, class_names=class_names_of(cfg))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        scores.to_csv(args.out, index=False)
+    _print_scores(scores, len(split.test))
+
+
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from glcl_core.experiment import run_experiment
+
+    cfg = _config(args)
+    out = Path(args.out or f"runs/experiment-{cfg.profile}")
+    table = run_experiment(cfg, out, inits=args.inits, n_labelled=args.n_labelled, seeds=args.seeds)
+    per_seed = table.groupby(["strategy", "n_labelled", "seed"])["dice"].mean()
+    summary = per_seed.groupby(["strategy", "n_labelled"]).agg(["mean", "std", "count"]).round(3)
+    print(summary.to_string())
+    print(f"results: {out / 'results.csv'}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, out_help: str) -> None:
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="Decathlon, ACDC or image/label folder (default: the embedded data set)")
+    p.add_argument("--channel", type=int, default=None, help="image channel of multi-channel data (default 0)")
+    p.add_argument("--profile", choices=PROFILES, default=None,
+                   help="ci (seconds), cpu (minutes), gpu (paper scale); default from GLCL_PROFILE, else the device")
+    p.add_argument("--out", default=None, metavar="PATH", help=out_help)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m glcl_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("data", help="load a data folder (default: the embedded set) and print its summary")
-    p.add_argument("--data", default=None, help="folder (Decathlon, ACDC or image/label pairs); default embedded")
-    p.set_defaults(func=_cmd_data)
+
     p = sub.add_parser("main", help="the README's main job")
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_main)
+
+    p = sub.add_parser("data", help="load a data folder (default: the embedded set) and print its summary")
+    p.add_argument("--data", default=None, metavar="PATH", help="Decathlon, ACDC or image/label folder")
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("pretrain", help="global pre-training (encoder + g1), optionally then local (decoder + g2)")
+    _common(p, "run folder (default runs/pretrain-STRATEGY)")
+    p.add_argument("--strategy", choices=GLOBAL_CHOICES, default="GD")
+    p.add_argument("--local", choices=LOCAL_CHOICES, default=None, help="also run the local stage")
+    p.add_argument("--iterations", type=_positive_int, default=None, help="override the profile's iterations")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune with n labelled volumes, select on validation, test")
+    _common(p, "run folder (default runs/finetune-nN-sSEED)")
+    p.add_argument("--init", default=None, metavar="CKPT", help="pre-trained final.pt (default: random init)")
+    p.add_argument("--n-labelled", type=_positive_int, default=2)
+    p.add_argument("--iterations", type=_positive_int, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="3D Dice of a fine-tuned checkpoint on the test volumes")
+    _common(p, "CSV file for the per-volume scores")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("experiment", help="the low-label grid; appends to OUT/results.csv and resumes")
+    _common(p, "grid folder (default runs/experiment-PROFILE)")
+    p.add_argument("--inits", nargs="+", choices=INIT_CHOICES, default=list(INIT_CHOICES))
+    p.add_argument("--n-labelled", nargs="+", type=_positive_int, default=[1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.set_defaults(func=_cmd_experiment)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)  # argparse itself exits with code 2 on bad arguments
     from glcl_core.data import DataError
+    from glcl_core.train.checkpoint import RunExistsError
 
     try:
         args.func(args)
-    except (CLIError, DataError, FileNotFoundError, FileExistsError) as err:
+    except (CLIError, DataError, RunExistsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # configuration problems (too few volumes, unknown fields, ...)
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

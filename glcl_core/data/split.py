@@ -1,0 +1,45 @@
+"""Splitting volumes into a training pool, validation and test sets, and drawing labelled volumes.
+
+Test volumes are chosen once, by ``split_seed``, and never take part in any choice (no model selection, no tuning).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from glcl_core.data.volume import Volume
+
+
+@dataclass
+class Split:
+    pool: list[Volume]  # pre-training images; labelled volumes for fine-tuning are drawn from here
+    val: list[Volume]  # model selection during fine-tuning
+    test: list[Volume]  # reported Dice only
+
+    def __repr__(self) -> str:
+        return f"Split(pool={len(self.pool)}, val={len(self.val)}, test={len(self.test)})"
+
+
+def split_volumes(volumes: list[Volume], n_test: int, n_val: int, seed: int = 0) -> Split:
+    """A fixed random split. Raises ValueError when there are too few volumes to keep at least one in the pool."""
+    if n_test < 0 or n_val < 0:
+        raise ValueError("n_test and n_val must be >= 0")
+    if len(volumes) < n_test + n_val + 1:
+        raise ValueError(
+            f"{len(volumes)} volumes cannot be split into {n_test} test, {n_val} validation and >= 1 training"
+        )
+    order = np.random.default_rng(seed).permutation(len(volumes))
+    test = [volumes[i] for i in sorted(order[:n_test])]
+    val = [volumes[i] for i in sorted(order[n_test:n_test + n_val])]
+    pool = [volumes[i] for i in sorted(order[n_test + n_val:])]
+    return Split(pool=pool, val=val, test=test)
+
+
+def draw_labelled(pool: list[Volume], n: int, seed: int) -> list[Volume]:
+    """``n`` labelled volumes from the pool, a different draw for each seed (the papers' repeated draws)."""
+    candidates = [v for v in pool if v.label is not None]
+    if n < 1 or n > len(candidates):
+        raise ValueError(f"cannot draw {n} labelled volumes from {len(candidates)} labelled in the pool")
+    order = np.random.default_rng(10_007 + seed).permutation(len(candidates))
+    return [candidates[i] for i in sorted(order[:n])]

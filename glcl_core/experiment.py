@@ -1,0 +1,197 @@
+"""The low-label grid: initialisations x labelled-volume counts x seeds, appended cell by cell to a tidy CSV.
+
+Pre-training does not look at labels, so each initialisation is pre-trained once (on the training pool) and shared
+by every fine-tuning cell. A re-run skips finished cells and resumes unfinished runs from their checkpoints.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from glcl_core.data import load_volumes
+from glcl_core.data.split import Split, draw_labelled, split_volumes
+from glcl_core.data.volume import Volume
+from glcl_core.train.config import RunConfig
+
+# name -> (global strategy or None, local strategy or None). "PCL+LR" is a combination neither paper ran.
+INITIALISATIONS: dict[str, tuple[str | None, str | None]] = {
+    "random": (None, None),
+    "GR": ("GR", None),
+    "GD-": ("GD-", None),
+    "GD": ("GD", None),
+    "PCL": ("PCL", None),
+    "GD+LR": ("GD", "LR"),
+    "GD+LD": ("GD", "LD"),
+    "PCL+LR": ("PCL", "LR"),
+}
+CSV_COLUMNS = ["method", "strategy", "n_labelled", "seed", "volume", "class", "dice"]
+
+
+def method_of(init: str) -> str:
+    global_strategy, local_strategy = INITIALISATIONS[init]
+    if global_strategy is None:
+        return "random"
+    return "global+local" if local_strategy else "global"
+
+
+def load_data(cfg: RunConfig) -> list[Volume]:
+    """The run's volumes: ``cfg.data.path``, or the embedded data set when it is None."""
+    if cfg.data.path is None:
+        from glcl_core.data import embedded_dataset
+
+        path = embedded_dataset()
+    else:
+        path = Path(cfg.data.path)
+    return load_volumes(path, spacing=cfg.data.spacing, size=cfg.data.size, channel=cfg.data.channel,
+                        n_partitions=cfg.data.n_partitions)
+
+
+def prepare_split(cfg: RunConfig, volumes: list[Volume] | None = None) -> Split:
+    volumes = volumes if volumes is not None else load_data(cfg)
+    return split_volumes(volumes, n_test=cfg.data.n_test, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
+
+
+def class_names_of(cfg: RunConfig) -> list[str] | None:
+    """Class names from the data's dataset.json, when it has one."""
+    from glcl_core.data import embedded_dataset
+
+    root = Path(cfg.data.path) if cfg.data.path else embedded_dataset()
+    meta = root / "dataset.json"
+    if not meta.is_file():
+        return None
+    labels = json.loads(meta.read_text()).get("labels", {})
+    names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else None
+    return names if names and len(names) == cfg.model.n_classes else None
+
+
+@dataclass
+class Pretrained:
+    name: str
+    checkpoint: Path | None  # None for random initialisation
+
+
+def pretrain(init: str, cfg: RunConfig, pool: list[Volume], out: Path, progress: bool | None = None) -> Pretrained:
+    """Pre-train (or reuse) the weights for one initialisation under ``out/pretrain/``."""
+    from glcl_core.train.loops import pretrain_global, pretrain_local
+
+    if init not in INITIALISATIONS:
+        raise ValueError(f"unknown initialisation {init!r}; choose from {', '.join(INITIALISATIONS)}")
+    global_strategy, local_strategy = INITIALISATIONS[init]
+    if global_strategy is None:
+        return Pretrained(init, None)
+    global_dir = out / "pretrain" / global_strategy
+    if not (global_dir / "final.pt").exists():
+        gcfg = RunConfig.from_dict(cfg.to_dict())
+        gcfg.global_.strategy = global_strategy
+        pretrain_global(gcfg, pool, out=global_dir, resume=True, progress=progress)
+    if local_strategy is None:
+        return Pretrained(init, global_dir / "final.pt")
+    local_dir = out / "pretrain" / init
+    if not (local_dir / "final.pt").exists():
+        lcfg = RunConfig.from_dict(cfg.to_dict())
+        lcfg.global_.strategy = global_strategy
+        lcfg.local.strategy = local_strategy
+        pretrain_local(lcfg, pool, init=global_dir / "final.pt", out=local_dir, resume=True, progress=progress)
+    return Pretrained(init, local_dir / "final.pt")
+
+
+def finished_cells(csv_path: Path) -> set[tuple[str, int, int]]:
+    """(strategy, n_labelled, seed) of cells already in the CSV."""
+    if not csv_path.exists():
+        return set()
+    with open(csv_path, newline="") as fh:
+        return {(r["strategy"], int(r["n_labelled"]), int(r["seed"])) for r in csv.DictReader(fh)}
+
+
+def append_rows(csv_path: Path, rows: list[dict]) -> None:
+    """Append one finished cell in a single write, flushed to disk, so a crash never leaves half a cell."""
+    new = not csv_path.exists()
+    lines = []
+    if new:
+        lines.append(",".join(CSV_COLUMNS))
+    for r in rows:
+        lines.append(",".join(_csv_field(r[c]) for c in CSV_COLUMNS))
+    with open(csv_path, "a", newline="") as fh:
+        fh.write("\n".join(lines) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _csv_field(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    text = str(value)
+    return f'"{text}"' if ("," in text or '"' in text) else text
+
+
+def run_experiment(
+    cfg: RunConfig,
+    out: str | Path,
+    inits: Iterable[str] = tuple(INITIALISATIONS),
+    n_labelled: Iterable[int] = (1, 2, 4),
+    seeds: Iterable[int] = (0, 1, 2),
+    progress: bool | None = None,
+    log=print,
+):
+    """Run the grid; returns the whole CSV as a table. Finished cells are skipped on a re-run."""
+    import pandas as pd
+
+    from glcl_core.train.loops import evaluate, finetune
+
+    inits, n_labelled, seeds = list(inits), list(n_labelled), list(seeds)
+    for init in inits:
+        if init not in INITIALISATIONS:
+            raise ValueError(f"unknown initialisation {init!r}; choose from {', '.join(INITIALISATIONS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _record_grid(out, cfg, inits, n_labelled, seeds)
+    csv_path = out / "results.csv"
+    done = finished_cells(csv_path)
+    split = prepare_split(cfg)
+    names = class_names_of(cfg)
+    log(f"experiment: {split}; {len(inits)} initialisations x {n_labelled} labelled x seeds {seeds}; "
+        f"{len(done)} cells already done -> {csv_path}")
+    for init in inits:
+        todo = [(n, s) for n in n_labelled for s in seeds if (init, n, s) not in done]
+        if not todo:
+            continue
+        t0 = time.perf_counter()
+        weights = pretrain(init, cfg, split.pool, out, progress=progress)
+        log(f"  {init}: pre-training ready ({time.perf_counter() - t0:.1f} s)")
+        for n, seed in todo:
+            t0 = time.perf_counter()
+            fcfg = RunConfig.from_dict(cfg.to_dict())
+            fcfg.seed = seed
+            fcfg.finetune.n_labelled = n
+            labelled = draw_labelled(split.pool, n, seed)
+            run_dir = out / "finetune" / init / f"n{n}_s{seed}"
+            result = finetune(fcfg, labelled, split.val, init=weights.checkpoint, out=run_dir, resume=True,
+                              progress=progress)
+            scores = evaluate(result.model, split.test, n_classes=cfg.model.n_classes, class_names=names)
+            rows = [{"method": method_of(init), "strategy": init, "n_labelled": n, "seed": seed,
+                     "volume": r["volume"], "class": r["class"], "dice": r["dice"]} for r in scores.to_dict("records")]
+            append_rows(csv_path, rows)
+            (run_dir / "last.pt").unlink(missing_ok=True)  # the cell is recorded; keep only final.pt
+            log(f"  {init} n={n} seed={seed}: mean test Dice {scores['dice'].mean():.3f} "
+                f"(val {result.extra['best_val_dice']:.3f} at step {result.extra['best_step']}, "
+                f"{time.perf_counter() - t0:.1f} s)")
+    return pd.read_csv(csv_path)
+
+
+def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[int], seeds: list[int]) -> None:
+    """Keep the grid's configuration beside its results; refuse to mix results of different configurations."""
+    spec = {"config": cfg.to_dict(), "inits": inits, "n_labelled": n_labelled, "seeds": seeds}
+    path = out / "experiment.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["config"] != spec["config"]:
+            raise ValueError(f"{path}: this folder holds a grid run with another configuration; use a new --out")
+        # a later call may widen the grid; keep the union
+        for key in ("inits", "n_labelled", "seeds"):
+            spec[key] = list(dict.fromkeys(saved[key] + spec[key]))
+    path.write_text(json.dumps(spec, indent=2) + "\n")

@@ -1,0 +1,125 @@
+"""One training loop for every stage: resume, atomic checkpoints, progress, history.
+
+A stage supplies a ``step()`` function (one optimisation step, returning its metrics) and the objects whose state
+must survive an interruption (modules, optimiser, sampler, random generator). The loop saves and restores exactly
+those, so on CPU with a fixed seed an interrupted and resumed run ends with the weights of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from glcl_core.train.checkpoint import load_checkpoint, save_checkpoint, write_history
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+class GeneratorState:
+    """Adapts a ``torch.Generator`` to the state_dict protocol."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["state"])
+
+
+@dataclass
+class LoopResult:
+    history: list[dict[str, Any]]
+    steps_done: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_loop(
+    step: Callable[[int], dict[str, float]],
+    stateful: dict[str, Stateful],
+    iterations: int,
+    out: Path | None,
+    resume: bool,
+    checkpoint_every: int,
+    log_every: int,
+    images_per_step: int,
+    desc: str,
+    progress: bool | None = None,
+    on_checkpoint: Callable[[], dict[str, Any]] | None = None,
+    on_restore: Callable[[dict[str, Any]], None] | None = None,
+) -> LoopResult:
+    """Run ``step(i)`` for ``i = start .. iterations - 1``.
+
+    Args:
+        step: one optimisation step; returns metrics such as ``{"loss": 0.7}``.
+        stateful: objects saved in every checkpoint under their key (modules, optimiser, sampler, generator).
+        out: run folder (``last.pt`` and ``history.csv`` are written there), or None for an in-memory run.
+        resume: continue from ``out/last.pt`` if it exists.
+        on_checkpoint / on_restore: extra state of the stage (e.g. the best validation weights).
+    """
+    history: list[dict[str, Any]] = []
+    start = 0
+    last = out / "last.pt" if out is not None else None
+    if resume and last is not None and last.exists():
+        ckpt = load_checkpoint(last)
+        for key, obj in stateful.items():
+            obj.load_state_dict(ckpt["state"][key])
+        history = list(ckpt["history"])
+        start = int(ckpt["step"])
+        if on_restore is not None:
+            on_restore(ckpt.get("extra", {}))
+
+    def save(steps_done: int) -> None:
+        if last is None:
+            return
+        state = {
+            "state": {key: obj.state_dict() for key, obj in stateful.items()},
+            "history": history,
+            "step": steps_done,
+            "extra": on_checkpoint() if on_checkpoint is not None else {},
+        }
+        save_checkpoint(last, state)
+        write_history(out / "history.csv", history)
+
+    bar = _progress_bar(total=iterations, initial=start, desc=desc, enabled=progress)
+    t_start = time.perf_counter()
+    t_window, images_window = time.perf_counter(), 0
+    for i in range(start, iterations):
+        metrics = step(i)
+        images_window += images_per_step
+        if (i + 1) % log_every == 0 or i + 1 == iterations:
+            now = time.perf_counter()
+            rate = images_window / max(now - t_window, 1e-9)
+            row = {"step": i + 1, **{k: float(v) for k, v in metrics.items()}, "images_per_s": rate}
+            history.append(row)
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "step"}, refresh=False)
+            t_window, images_window = now, 0
+            loss = row.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {loss} at step {i + 1}")
+        if bar is not None:
+            bar.update(1)
+        if (i + 1) % checkpoint_every == 0 or i + 1 == iterations:
+            save(i + 1)
+    if bar is not None:
+        bar.close()
+    return LoopResult(history=history, steps_done=iterations, seconds=time.perf_counter() - t_start)
+
+
+def _progress_bar(total: int, initial: int, desc: str, enabled: bool | None):
+    if enabled is False:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)

@@ -1,0 +1,405 @@
+"""The papers' protocol: global pre-training, local pre-training, low-label fine-tuning, evaluation.
+
+Data flows one way: volumes -> sampler (CPU) -> batch on the device -> paired views -> model -> head -> loss.
+Each stage function returns a :class:`StageResult` with the trained modules and a history table, and (when ``out``
+is given) leaves a run folder with ``config.json``, ``history.csv`` and checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from glcl_core.augment import augment_pair, make_views
+from glcl_core.data.volume import Volume
+from glcl_core.device import autocast_dtype, default_device
+from glcl_core.models import GlobalHead, LocalHead, UNet, load_pretrained
+from glcl_core.samplers import LabelledSliceSampler, PartitionSampler, RandomSliceSampler
+from glcl_core.strategies import global_loss, local_loss
+from glcl_core.train.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
+from glcl_core.train.config import GLOBAL_STRATEGIES, LOCAL_STRATEGIES, RunConfig
+from glcl_core.train.engine import GeneratorState, run_loop
+
+
+@dataclass
+class StageResult:
+    """What a stage leaves behind."""
+
+    model: UNet
+    head: torch.nn.Module | None
+    history: Any  # pandas.DataFrame (one row per logged step)
+    out: Path | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The U-Net's weights on the CPU (what the next stage loads)."""
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------- building blocks
+def build_model(cfg: RunConfig, n_classes: int | None = None) -> UNet:
+    return UNet(
+        in_channels=1,
+        n_classes=n_classes or cfg.model.n_classes,
+        channels=tuple(cfg.model.channels),
+        img_size=cfg.data.size,
+    )
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (weight init) and return the generator used for augmentation."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed + 1_000_003)
+
+
+def _autocast(device: torch.device):
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _grad_scaler(device: torch.device):
+    enabled = device.type == "cuda" and autocast_dtype(device) == torch.float16
+    return torch.amp.GradScaler("cuda", enabled=enabled)
+
+
+def _history_table(rows: list[dict[str, Any]]):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def _optimiser_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer, scaler) -> None:
+    optimiser.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimiser)
+    scaler.update()
+
+
+class _ModuleState:
+    """Saves a module's parameters in checkpoints (adapter to the engine's state protocol)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------------------------- stage 1: global
+def pretrain_global(
+    cfg: RunConfig,
+    volumes: list[Volume],
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+) -> StageResult:
+    """Pre-train the encoder and the global head g1 with ``cfg.global_.strategy`` (GR, GD-, GD or PCL).
+
+    Volumes need no labels. Batches: GR and PCL draw ``batch_size`` random slices; GD- and GD draw
+    ``n_volumes`` x S partitions (one slice per partition); each slice gives two spatial+intensity views.
+    """
+    g = cfg.global_
+    if g.strategy not in GLOBAL_STRATEGIES:
+        raise ValueError(f"unknown global strategy {g.strategy!r}; choose one of {', '.join(GLOBAL_STRATEGIES)}")
+    device = torch.device(device) if device is not None else default_device()
+    out_dir = prepare_run_dir(out, cfg, resume, overwrite) if out is not None else None
+
+    aug_gen = _seed_everything(cfg.seed)
+    model = build_model(cfg).to(device)
+    c, h, w = model.bottleneck_shape
+    head = GlobalHead(in_channels=c, spatial=h, mode=g.head).to(device)
+    if g.strategy in ("GD-", "GD"):
+        sampler = PartitionSampler(volumes, n_volumes=g.n_volumes, n_partitions=cfg.data.n_partitions, seed=cfg.seed)
+    else:
+        sampler = RandomSliceSampler(volumes, batch_size=g.batch_size, seed=cfg.seed,
+                                     n_partitions=cfg.data.n_partitions)
+    params = list(model.encoder.parameters()) + list(head.parameters())
+    optimiser = torch.optim.Adam(params, lr=g.lr)
+    scaler = _grad_scaler(device)
+    model.train()
+    head.train()
+
+    def step(_: int) -> dict[str, float]:
+        batch = sampler.sample().to(device, non_blocking=True)
+        views = make_views(batch, aug_gen, stage="global")
+        with _autocast(device):
+            z = head(model.encode(views.images)[-1])
+        loss = global_loss(z.float(), views, g.strategy, temperature=g.temperature, threshold=g.threshold)
+        _optimiser_step(loss, optimiser, scaler)
+        return {"loss": loss.item()}
+
+    result = run_loop(
+        step,
+        {"model": _ModuleState(model), "head": _ModuleState(head), "optimiser": optimiser,
+         "sampler": sampler, "augment": GeneratorState(aug_gen)},
+        iterations=g.iterations, out=out_dir, resume=resume, checkpoint_every=g.checkpoint_every,
+        log_every=g.log_every, images_per_step=2 * _batch_slices(cfg, g.strategy),
+        desc=f"global {g.strategy}", progress=progress,
+    )
+    if out_dir is not None:
+        save_checkpoint(out_dir / "final.pt", {"model": model.state_dict(), "head": head.state_dict(),
+                                               "stage": "global", "strategy": g.strategy})
+    return StageResult(model, head, _history_table(result.history), out_dir,
+                       {"seconds": result.seconds, "stage": "global"})
+
+
+def _batch_slices(cfg: RunConfig, strategy: str) -> int:
+    """Unique slices per batch for a strategy (views double it)."""
+    if strategy in ("GD-", "GD"):
+        return cfg.global_.n_volumes * cfg.data.n_partitions
+    if strategy == "LD":
+        return cfg.local.n_volumes * cfg.data.n_partitions
+    if strategy == "LR":
+        return cfg.local.batch_size
+    return cfg.global_.batch_size
+
+
+def _init_state(init: "StageResult | dict | str | Path") -> tuple[dict[str, torch.Tensor], str]:
+    """Weights and the stage that produced them ("global", "local", or "model" for a plain state dict)."""
+    if isinstance(init, StageResult):
+        return init.weights(), init.extra.get("stage", "global")
+    if isinstance(init, (str, Path)):
+        ckpt = load_checkpoint(init)
+        return ckpt["model"], ckpt.get("stage", "model")
+    if isinstance(init, dict):
+        return init, "model"
+    raise TypeError(f"init must be a StageResult, a state dict or a checkpoint path, got {type(init).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------ stage 2: local
+def pretrain_local(
+    cfg: RunConfig,
+    volumes: list[Volume],
+    init: "StageResult | dict | str | Path",
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+) -> StageResult:
+    """Pre-train the first ``decoder_blocks`` decoder blocks and g2 with a local loss (LR or LD).
+
+    The encoder comes from ``init`` (a global stage) and stays frozen (weights and batch-norm statistics).
+    Views are intensity-only, so a pixel of one view corresponds to the same pixel of the other.
+    """
+    lc = cfg.local
+    if lc.strategy not in LOCAL_STRATEGIES:
+        raise ValueError(f"unknown local strategy {lc.strategy!r}; choose one of {', '.join(LOCAL_STRATEGIES)}")
+    device = torch.device(device) if device is not None else default_device()
+    out_dir = prepare_run_dir(out, cfg, resume, overwrite) if out is not None else None
+
+    aug_gen = _seed_everything(cfg.seed)
+    model = build_model(cfg)
+    state, _ = _init_state(init)
+    load_pretrained(model, state, parts=("encoder",))
+    model.to(device)
+    n_blocks = lc.decoder_blocks
+    head = LocalHead(in_channels=model.decoder_channels(n_blocks)).to(device)
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    trained = list(model.decoder[:n_blocks].parameters()) + list(head.parameters())
+    optimiser = torch.optim.Adam(trained, lr=lc.lr)
+    scaler = _grad_scaler(device)
+    if lc.strategy == "LD":
+        sampler = PartitionSampler(volumes, n_volumes=lc.n_volumes, n_partitions=cfg.data.n_partitions, seed=cfg.seed)
+    else:
+        sampler = RandomSliceSampler(volumes, batch_size=lc.batch_size, seed=cfg.seed,
+                                     n_partitions=cfg.data.n_partitions)
+    model.train()
+    model.encoder.eval()  # frozen: keep its batch-norm statistics too
+    head.train()
+
+    def step(_: int) -> dict[str, float]:
+        batch = sampler.sample().to(device, non_blocking=True)
+        views = make_views(batch, aug_gen, stage="local")
+        with torch.no_grad(), _autocast(device):
+            features = model.encode(views.images)
+        with _autocast(device):
+            maps = head(model.decode(features, n_blocks=n_blocks))
+        maps1, maps2 = maps.float().chunk(2)  # (B, C, h, w) each: view 1 and view 2 of the same slices
+        loss = local_loss(
+            maps1, maps2, batch.image, batch.volume, batch.partition, strategy=lc.strategy, form=lc.form,
+            region_size=lc.region_size, pooling=lc.pooling, n_negatives=lc.n_negatives,
+            temperature=lc.temperature,
+        )
+        _optimiser_step(loss, optimiser, scaler)
+        return {"loss": loss.item()}
+
+    result = run_loop(
+        step,
+        {"model": _ModuleState(model), "head": _ModuleState(head), "optimiser": optimiser,
+         "sampler": sampler, "augment": GeneratorState(aug_gen)},
+        iterations=lc.iterations, out=out_dir, resume=resume, checkpoint_every=lc.checkpoint_every,
+        log_every=lc.log_every, images_per_step=2 * _batch_slices(cfg, lc.strategy),
+        desc=f"local {lc.strategy}", progress=progress,
+    )
+    if out_dir is not None:
+        save_checkpoint(out_dir / "final.pt", {"model": model.state_dict(), "head": head.state_dict(),
+                                               "stage": "local", "strategy": lc.strategy})
+    return StageResult(model, head, _history_table(result.history), out_dir,
+                       {"seconds": result.seconds, "stage": "local"})
+
+
+# --------------------------------------------------------------------------------------------- stage 3: fine-tune
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "dice+ce") -> torch.Tensor:
+    """Soft Dice over foreground classes (GLCL's loss), optionally plus cross-entropy.
+
+    logits: (B, K, H, W); labels: (B, H, W) int64 in 0..K-1.
+    """
+    if kind not in ("dice", "dice+ce"):
+        raise ValueError(f"unknown segmentation loss {kind!r}; choose 'dice' or 'dice+ce'")
+    logits = logits.float()
+    n_classes = logits.shape[1]
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(labels, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    intersection = (probs * onehot).sum(dims)
+    denominator = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * intersection + 1e-5) / (denominator + 1e-5)
+    loss = 1 - dice[1:].mean()  # foreground classes only
+    if kind == "dice+ce":
+        loss = loss + F.cross_entropy(logits, labels)
+    return loss
+
+
+def finetune(
+    cfg: RunConfig,
+    labelled: list[Volume],
+    val: list[Volume],
+    init: "StageResult | dict | str | Path | None" = None,
+    init_parts: tuple[str, ...] | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+) -> StageResult:
+    """Fine-tune a U-Net on the labelled volumes; keep the weights with the best validation Dice.
+
+    ``init=None`` is random initialisation. By default a global-stage init loads the encoder, a local-stage init
+    the encoder and its pre-trained decoder blocks (``init_parts`` overrides). The segmentation head is always new.
+    """
+    fc = cfg.finetune
+    if not labelled:
+        raise ValueError("finetune needs at least one labelled volume")
+    for v in list(labelled) + list(val):
+        if v.label is None:
+            raise ValueError(f"{v.source or v.name}: fine-tuning and validation volumes need labels")
+        if int(v.label.max()) >= cfg.model.n_classes:
+            raise ValueError(f"{v.source or v.name}: label {int(v.label.max())} >= n_classes={cfg.model.n_classes}")
+    device = torch.device(device) if device is not None else default_device()
+    out_dir = prepare_run_dir(out, cfg, resume, overwrite) if out is not None else None
+
+    aug_gen = _seed_everything(cfg.seed)
+    model = build_model(cfg)
+    loaded: list[str] = []
+    if init is not None:
+        state, stage = _init_state(init)
+        parts = init_parts or (("encoder", "decoder") if stage in ("local", "model") else ("encoder",))
+        load_pretrained(model, state, parts=parts)
+        loaded = list(parts)
+    model.to(device)
+    sampler = LabelledSliceSampler(labelled, batch_size=fc.batch_size, seed=cfg.seed)
+    optimiser = torch.optim.Adam(model.parameters(), lr=fc.lr)
+    scaler = _grad_scaler(device)
+    best: dict[str, Any] = {"dice": -1.0, "step": 0, "weights": None}
+
+    def step(i: int) -> dict[str, float]:
+        model.train()
+        batch = sampler.sample().to(device, non_blocking=True)
+        images, labels = augment_pair(batch.images, batch.labels, aug_gen)
+        with _autocast(device):
+            logits = model(images)
+        loss = segmentation_loss(logits, labels, fc.loss)
+        _optimiser_step(loss, optimiser, scaler)
+        metrics = {"loss": loss.item()}
+        if val and ((i + 1) % fc.eval_every == 0 or i + 1 == fc.iterations):
+            val_dice = float(evaluate(model, val, device=device, n_classes=cfg.model.n_classes)["dice"].mean())
+            metrics["val_dice"] = val_dice
+            if val_dice > best["dice"]:
+                best.update(dice=val_dice, step=i + 1,
+                            weights={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+        return metrics
+
+    def restore(extra: dict[str, Any]) -> None:
+        best.update(extra.get("best", {}))
+
+    result = run_loop(
+        step,
+        {"model": _ModuleState(model), "optimiser": optimiser, "sampler": sampler,
+         "augment": GeneratorState(aug_gen)},
+        iterations=fc.iterations, out=out_dir, resume=resume, checkpoint_every=fc.checkpoint_every,
+        log_every=min(fc.log_every, fc.eval_every), images_per_step=fc.batch_size,
+        desc=f"fine-tune n={len(labelled)}", progress=progress,
+        on_checkpoint=lambda: {"best": dict(best)}, on_restore=restore,
+    )
+    if best["weights"] is not None:  # model selection on validation volumes only
+        model.load_state_dict(best["weights"])
+    model.eval()
+    if out_dir is not None:
+        save_checkpoint(out_dir / "final.pt", {"model": model.state_dict(), "stage": "finetune",
+                                               "best_step": best["step"], "best_val_dice": best["dice"]})
+    history = _history_table(result.history)
+    return StageResult(model, None, history, out_dir,
+                       {"seconds": result.seconds, "stage": "finetune", "best_step": best["step"],
+                        "best_val_dice": best["dice"], "loaded": loaded})
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def dice_per_class(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
+    """3D Dice per class. pred, target: (Z, H, W) int. Returns (n_classes,) float; NaN where a class is absent
+    from both prediction and reference (undefined, not perfect)."""
+    scores = np.full(n_classes, np.nan)
+    for k in range(n_classes):
+        p, t = pred == k, target == k
+        total = p.sum() + t.sum()
+        if total > 0:
+            scores[k] = 2.0 * np.logical_and(p, t).sum() / total
+    return scores
+
+
+@torch.no_grad()
+def predict_volume(model: UNet, volume: Volume, device: torch.device | str | None = None,
+                   batch_size: int = 32) -> np.ndarray:
+    """Label map (Z, H, W) int64 predicted slice by slice."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    slices = torch.from_numpy(volume.image).unsqueeze(1)  # (Z, 1, H, W)
+    out = []
+    for start in range(0, slices.shape[0], batch_size):
+        x = slices[start:start + batch_size].to(device)
+        with _autocast(device):
+            out.append(model(x).argmax(dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy().astype(np.int64)
+
+
+def evaluate(model: UNet, volumes: list[Volume], device: torch.device | str | None = None,
+             n_classes: int | None = None, class_names: list[str] | None = None):
+    """Foreground 3D Dice per class and test volume, as a tidy table (volume, class, dice)."""
+    import pandas as pd
+
+    n_classes = n_classes or model.n_classes
+    rows = []
+    for v in volumes:
+        if v.label is None:
+            raise ValueError(f"{v.source or v.name}: evaluation needs labels")
+        scores = dice_per_class(predict_volume(model, v, device), v.label, n_classes)
+        for k in range(1, n_classes):
+            name = class_names[k] if class_names else str(k)
+            rows.append({"volume": v.name, "class": name, "dice": float(scores[k])})
+    return pd.DataFrame(rows, columns=["volume", "class", "dice"])
