@@ -1,0 +1,116 @@
+"""The command line and the low-label grid: help, one-line errors, resumable grid, tidy CSV."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from glcl_core import experiment
+from glcl_core.__main__ import INIT_CHOICES, main
+from glcl_core.train import loops
+from glcl_core.train.config import make_config
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GLCL_PROFILE="ci")
+    return subprocess.run([sys.executable, "-m", "glcl_core", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_cli_choices_match_library():
+    assert tuple(experiment.INITIALISATIONS) == INIT_CHOICES
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "experiment"])
+def test_cli_help(command):
+    proc = _cli(command, "--help")
+    assert proc.returncode == 0
+    for flag in ("--data", "--profile", "--out", "--seed"):
+        assert flag in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pretrain", "--data", "/no/such/folder"], "/no/such/folder: no such file or folder"),
+        (["finetune", "--init", "/no/such.pt"], "/no/such.pt: no such file or folder"),
+        (["evaluate", "--checkpoint", "/no/such.pt"], "/no/such.pt: no such file or folder"),
+        (["pretrain", "--strategy", "XX"], "invalid choice"),
+        (["finetune", "--n-labelled", "0"], "must be >= 1"),
+        (["pretrain", "--profile", "tpu"], "invalid choice"),
+    ],
+)
+def test_cli_errors_are_one_line(args, message):
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_empty_data_folder(tmp_path, capsys):
+    assert main(["pretrain", "--profile", "ci", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path) in err and err.count("\n") == 1
+
+
+def test_cli_pretrain_finetune_evaluate(tmp_path, capsys):
+    out = tmp_path / "pre"
+    assert main(["pretrain", "--profile", "ci", "--strategy", "GD", "--local", "LR", "--out", str(out)]) == 0
+    assert (out / "global" / "final.pt").exists() and (out / "local" / "final.pt").exists()
+    # an existing run is refused, not overwritten
+    assert main(["pretrain", "--profile", "ci", "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    ft = tmp_path / "ft"
+    assert main(["finetune", "--profile", "ci", "--init", str(out / "local" / "final.pt"), "--n-labelled", "1",
+                 "--out", str(ft)]) == 0
+    metrics = pd.read_csv(ft / "metrics.csv")
+    assert set(metrics.columns) == {"volume", "class", "dice"} and metrics["dice"].between(0, 1).all()
+    assert main(["evaluate", "--profile", "ci", "--checkpoint", str(ft / "final.pt"),
+                 "--out", str(tmp_path / "e.csv")]) == 0
+    again = pd.read_csv(tmp_path / "e.csv")
+    pd.testing.assert_frame_equal(metrics, again)  # the saved best model is what was evaluated
+    assert "mean foreground Dice" in capsys.readouterr().out
+
+
+def test_experiment_grid_resumes_without_recomputing(tmp_path, monkeypatch):
+    cfg = make_config("ci")
+    calls = []
+    real = loops.finetune
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["out"].name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loops, "finetune", counting)
+    table = experiment.run_experiment(cfg, tmp_path, inits=["random", "GD+LR"], n_labelled=[1], seeds=[0],
+                                      progress=False, log=lambda *_: None)
+    assert len(calls) == 2
+    assert list(table.columns) == experiment.CSV_COLUMNS
+    assert set(table["strategy"]) == {"random", "GD+LR"}
+    assert set(table["method"]) == {"random", "global+local"}
+    assert table["dice"].between(0, 1).all()
+    # widen the grid: only the new cells run; the finished ones are skipped
+    calls.clear()
+    table = experiment.run_experiment(cfg, tmp_path, inits=["random", "GD+LR"], n_labelled=[1], seeds=[0, 1],
+                                      progress=False, log=lambda *_: None)
+    assert sorted(calls) == ["n1_s1", "n1_s1"]
+    assert len(table.groupby(["strategy", "seed"])) == 4
+    # pre-training is shared: the GD+LR weights were not recomputed for seed 1
+    assert (tmp_path / "pretrain" / "GD" / "final.pt").exists()
+    # a different configuration is refused in the same folder
+    with pytest.raises(ValueError, match="another configuration"):
+        experiment.run_experiment(make_config("ci", finetune={"lr": 0.5}), tmp_path, inits=["random"],
+                                  n_labelled=[1], seeds=[0], progress=False, log=lambda *_: None)
+
+
+def test_labelled_draws_differ_by_seed(ci_split):
+    from glcl_core.data.split import draw_labelled
+
+    a = [v.name for v in draw_labelled(ci_split.pool, 2, 0)]
+    b = [v.name for v in draw_labelled(ci_split.pool, 2, 1)]
+    assert a != b and a == [v.name for v in draw_labelled(ci_split.pool, 2, 0)]
+    test_names = {v.name for v in ci_split.test}
+    assert not test_names & {v.name for v in ci_split.pool + ci_split.val}
