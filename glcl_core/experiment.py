@@ -185,7 +185,7 @@ def run_experiment(
 
 def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[int], seeds: list[int]) -> None:
     """Keep the grid's configuration beside its results; refuse to mix results of different configurations."""
-    spec = {"config": cfg.to_dict(), "inits": inits, "n_labelled": n_labelled, "seeds": seeds}
+    spec = {"config": json.loads(json.dumps(cfg.to_dict())), "inits": inits, "n_labelled": n_labelled, "seeds": seeds}
     path = out / "experiment.json"
     if path.exists():
         saved = json.loads(path.read_text())

@@ -1,0 +1,678 @@
+"""Reading NIfTI scans from the folder layouts users bring, one volume at a time.
+
+Layouts (detected in this order):
+
+1. **Medical Segmentation Decathlon**: ``dataset.json`` (``labels``, ``modality``, ``training`` list of
+   ``{"image", "label"}``), ``imagesTr/``, ``labelsTr/``. Multi-channel images ``(X, Y, Z, C)`` give one channel
+   (``channel``, default 0 = the first modality). Label values must be keys of ``labels``.
+2. **ACDC**: ``patientXXX/`` folders with ``patientXXX_frameYY.nii.gz``, ``patientXXX_frameYY_gt.nii.gz`` and
+   ``Info.cfg`` (``ED: 1``, ``ES: 12``). The ED and/or ES frames are loaded (``frames``); the 4D cine
+   ``patientXXX_4d.nii.gz`` never is. The path may be the data root (patients up to three folders down, e.g.
+   ``training/``, ``testing/``) or one patient folder.
+3. **Plain folder** of NIfTI files: ``case.nii.gz`` with an optional ``case_label`` / ``_labels`` / ``_seg`` /
+   ``_segmentation`` / ``_gt`` / ``_mask`` partner, or ``images/`` + ``labels/`` subfolders with matching names.
+   Images without labels give ``label=None``. A single NIfTI file is also accepted.
+
+Hidden files and macOS debris (``._*``) are skipped everywhere. Nothing is ever written to the data folder.
+Every problem raises :class:`DataError` naming the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from glcl_core.data.preprocess import (
+    Orientation,
+    canonical_orientation,
+    intensity_range,
+    reorient,
+    reoriented_affine,
+    resample_image,
+    resample_label,
+    target_spacing,
+)
+from glcl_core.data.volume import DataError, Volume
+
+LABEL_STEM = re.compile(r"^(?P<stem>.+?)[_\-.](?:label|labels|seg|segmentation|gt|mask)$", re.IGNORECASE)
+CHANNEL_STEM = re.compile(r"^(?P<stem>.+)_\d{4}$")  # nnU-Net style "case_0000" images
+ACDC_PATIENT_DIR = re.compile(r"^patient\d+$", re.IGNORECASE)
+ACDC_FRAME_FILE = re.compile(r"^(?P<patient>patient\d+)_frame(?P<frame>\d+)\.nii(\.gz)?$", re.IGNORECASE)
+ACDC_FRAMES = ("ED", "ES")
+IMAGE_DIRS = ("images", "image", "imgs", "imagesTr")
+LABEL_DIRS = ("labels", "label", "masks", "mask", "segmentations", "gt", "labelsTr")
+AFFINE_TOLERANCE_VOXELS = 0.25  # image/label grids may differ by at most this fraction of a voxel
+SLAB_VOXELS = 16_000_000  # voxels read at a time: bounds the temporaries on big CT volumes
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image (and maybe its label) found on disk, before reading.
+
+    Attributes:
+        name: volume name, e.g. ``"prostate_00"`` or ``"patient001_frame01"``.
+        image / label: file paths (label None when there is none or labels are not wanted).
+        layout: ``"decathlon"``, ``"acdc"``, ``"folder"`` or ``"file"``.
+        subject: the person scanned (ACDC ED and ES frames share it): split by subject to avoid leaks.
+        frame: ``"ED"`` / ``"ES"`` for ACDC, else None.
+        allowed_labels: label values the data set declares (Decathlon), None when unknown.
+        default_channel: channel used for a 4D image when the caller chose none (None: a 4D image is an error).
+    """
+
+    name: str
+    image: Path
+    label: Path | None
+    layout: str
+    subject: str
+    frame: str | None = None
+    allowed_labels: frozenset[int] | None = None
+    default_channel: int | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+# ----------------------------------------------------------------------------------------------- file names
+
+
+def is_visible(path: Path) -> bool:
+    """False for hidden files, macOS resource forks (``._name``) and zip debris folders (``__MACOSX``)."""
+    return not path.name.startswith(".") and path.name != "__MACOSX"
+
+
+def is_nifti(path: Path) -> bool:
+    name = path.name.lower()
+    return is_visible(path) and (name.endswith(".nii.gz") or name.endswith(".nii")) and path.is_file()
+
+
+def nifti_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def list_nifti(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_nifti(p))
+
+
+def visible_children(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_visible(p))
+
+
+# ----------------------------------------------------------------------------------------------- layouts
+
+
+def detect_layout(path: str | os.PathLike) -> str:
+    """``"decathlon"``, ``"acdc"``, ``"folder"`` or ``"file"``; DataError for a missing or empty path."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if root.is_file():
+        if not is_nifti(root):
+            raise DataError(f"{root}: not a NIfTI file (.nii or .nii.gz)")
+        return "file"
+    if not visible_children(root):
+        raise DataError(f"{root}: folder is empty")
+    if (root / "dataset.json").is_file():
+        return "decathlon"
+    if find_acdc_patients(root):
+        return "acdc"
+    return "folder"
+
+
+def find_cases(
+    path: str | os.PathLike, frames: Sequence[str] | str = ACDC_FRAMES, with_labels: bool | None = None
+) -> list[Case]:
+    """All cases under ``path`` (any supported layout), sorted by name.
+
+    ``with_labels``: None pairs labels where they exist, True requires one for every image (DataError naming the
+    image otherwise), False ignores labels.
+    """
+    root = Path(path)
+    layout = detect_layout(root)
+    if layout == "file":
+        cases = [Case(nifti_stem(root), root, None, "file", nifti_stem(root))]
+    elif layout == "decathlon":
+        cases = decathlon_cases(root)
+    elif layout == "acdc":
+        cases = acdc_cases(root, frames)
+    else:
+        cases = folder_cases(root)
+    if not cases:
+        raise DataError(f"{root}: no images found ({layout} layout)")
+    return apply_label_policy(sorted(cases, key=lambda c: c.name), with_labels)
+
+
+def apply_label_policy(cases: list[Case], with_labels: bool | None) -> list[Case]:
+    if with_labels is False:
+        return [replace(c, label=None) for c in cases]
+    if with_labels is True:
+        missing = [c.image for c in cases if c.label is None]
+        if missing:
+            shown = ", ".join(str(p) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise DataError(f"with_labels=True but {len(missing)} image(s) have no label: {shown}")
+    return cases
+
+
+def read_dataset_json(root: Path) -> dict:
+    meta_path = root / "dataset.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{meta_path}: cannot read dataset.json ({err})") from err
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: dataset.json must hold a JSON object")
+    return meta
+
+
+def declared_labels(meta: dict, meta_path: Path) -> frozenset[int]:
+    """Label values of a dataset.json: MSD style ``{"0": "background"}`` or nnU-Net v2 ``{"background": 0}``."""
+    labels = meta.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise DataError(f"{meta_path}: dataset.json has no 'labels' mapping")
+    try:
+        if all(str(k).strip().lstrip("-").isdigit() for k in labels):
+            return frozenset(int(k) for k in labels)
+        values: list[int] = []
+        for v in labels.values():  # nnU-Net v2 regions may list several values
+            values.extend(int(x) for x in (v if isinstance(v, list) else [v]))
+        return frozenset(values)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{meta_path}: cannot read label values from 'labels' {labels!r}") from err
+
+
+def decathlon_cases(root: Path) -> list[Case]:
+    meta_path = root / "dataset.json"
+    meta = read_dataset_json(root)
+    allowed = declared_labels(meta, meta_path)
+    modalities = meta.get("modality") or meta.get("channel_names") or {}
+    extra = {"modality": dict(modalities) if isinstance(modalities, dict) else {}, "dataset": meta.get("name")}
+    training = meta.get("training")
+    if isinstance(training, list) and training:
+        pairs = decathlon_listed_pairs(root, training, meta_path)
+    else:  # no list: pair imagesTr/labelsTr by name
+        pairs = paired_subfolders(root / "imagesTr", root / "labelsTr") if (root / "imagesTr").is_dir() else []
+        if not pairs:
+            raise DataError(f"{meta_path}: no 'training' list and no images in {root / 'imagesTr'}")
+    return [
+        Case(nifti_stem(image), image, label, "decathlon", nifti_stem(image), allowed_labels=allowed,
+             default_channel=0, extra=extra)
+        for image, label in pairs
+    ]
+
+
+def decathlon_listed_pairs(root: Path, training: list, meta_path: Path) -> list[tuple[Path, Path | None]]:
+    pairs = []
+    for entry in training:
+        if isinstance(entry, str):
+            entry = {"image": entry}
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise DataError(f"{meta_path}: 'training' entry {entry!r} has no 'image'")
+        image = Path(os.path.normpath(root / entry["image"]))
+        if not is_visible(image):
+            continue
+        label = Path(os.path.normpath(root / entry["label"])) if entry.get("label") else None
+        for listed in (image, label):
+            if listed is not None and not listed.is_file():
+                raise DataError(f"{listed}: listed in {meta_path} but missing")
+        pairs.append((image, label))
+    return pairs
+
+
+def find_acdc_patients(root: Path, max_depth: int = 3) -> list[Path]:
+    """Patient folders at ``root`` itself or up to ``max_depth`` levels below (hidden folders skipped)."""
+    if is_acdc_patient(root):
+        return [root]
+    found, frontier = [], [root]
+    for _ in range(max_depth):
+        next_frontier = []
+        for folder in frontier:
+            for child in visible_children(folder):
+                if not child.is_dir():
+                    continue
+                if is_acdc_patient(child):
+                    found.append(child)
+                else:
+                    next_frontier.append(child)
+        frontier = next_frontier
+    return sorted(found)
+
+
+def is_acdc_patient(folder: Path) -> bool:
+    if not folder.is_dir() or not ACDC_PATIENT_DIR.match(folder.name):
+        return False
+    return (folder / "Info.cfg").is_file() or any(ACDC_FRAME_FILE.match(p.name) for p in list_nifti(folder))
+
+
+def parse_info_cfg(path: Path) -> dict[str, str]:
+    """``Info.cfg`` as a dict (``{"ED": "1", "ES": "12", "Group": "DCM", ...}``)."""
+    if not path.is_file():
+        raise DataError(f"{path}: Info.cfg missing (needed to find the ED/ES frames)")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read Info.cfg ({err})") from err
+    entries = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            entries[key.strip()] = value.strip()
+    return entries
+
+
+def normalise_frames(frames: Sequence[str] | str) -> tuple[str, ...]:
+    chosen = (frames,) if isinstance(frames, str) else tuple(frames)
+    chosen = tuple(str(f).upper() for f in chosen)
+    if not chosen or any(f not in ACDC_FRAMES for f in chosen):
+        raise ValueError(f"frames must be a non-empty subset of {ACDC_FRAMES}, got {frames!r}")
+    return tuple(dict.fromkeys(chosen))
+
+
+def acdc_cases(root: Path, frames: Sequence[str] | str) -> list[Case]:
+    chosen = normalise_frames(frames)
+    cases = []
+    for patient_dir in find_acdc_patients(root):
+        info_path = patient_dir / "Info.cfg"
+        info = parse_info_cfg(info_path)
+        patient = patient_dir.name
+        for frame_name in chosen:
+            if frame_name not in info:
+                raise DataError(f"{info_path}: no '{frame_name}:' line")
+            try:
+                frame_number = int(info[frame_name])
+            except ValueError as err:
+                raise DataError(f"{info_path}: '{frame_name}: {info[frame_name]}' is not a frame number") from err
+            image = find_file(patient_dir, f"{patient}_frame{frame_number:02d}")
+            if image is None:
+                raise DataError(f"{patient_dir / f'{patient}_frame{frame_number:02d}.nii.gz'}: missing "
+                                f"({frame_name} frame named in {info_path})")
+            label = find_file(patient_dir, f"{patient}_frame{frame_number:02d}_gt")
+            cases.append(Case(nifti_stem(image), image, label, "acdc", patient, frame=frame_name,
+                              extra={"frame_number": frame_number, "group": info.get("Group")}))
+    return cases
+
+
+def find_file(folder: Path, stem: str) -> Path | None:
+    for suffix in (".nii.gz", ".nii"):
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def folder_cases(root: Path) -> list[Case]:
+    image_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), None)
+    label_dir = next((root / d for d in LABEL_DIRS if (root / d).is_dir()), None)
+    if image_dir is not None:
+        pairs = paired_subfolders(image_dir, label_dir)
+    else:
+        pairs = paired_files(list_nifti(root))
+    if not pairs:
+        raise DataError(f"{root}: no NIfTI images (.nii / .nii.gz) found")
+    return [Case(nifti_stem(image), image, label, "folder", nifti_stem(image)) for image, label in pairs]
+
+
+def label_key(stem: str) -> str | None:
+    """The image stem a label file belongs to (``case1_seg`` -> ``case1``), None if the name is not a label's."""
+    match = LABEL_STEM.match(stem)
+    return match.group("stem") if match else None
+
+
+def paired_files(files: Iterable[Path]) -> list[tuple[Path, Path | None]]:
+    """Pairs from one folder holding both images and ``<stem>_label`` / ``_seg`` / ``_gt`` / ``_mask`` files."""
+    labels, images = {}, []
+    for path in files:
+        key = label_key(nifti_stem(path))
+        if key is not None:
+            labels[key] = path
+        else:
+            images.append(path)
+    return [(image, match_label(nifti_stem(image), labels)) for image in images]
+
+
+def paired_subfolders(image_dir: Path, label_dir: Path | None) -> list[tuple[Path, Path | None]]:
+    """Pairs from ``images/`` + ``labels/`` folders: same stem, or the stem plus a label suffix."""
+    labels = {}
+    if label_dir is not None:
+        for path in list_nifti(label_dir):
+            stem = nifti_stem(path)
+            labels.setdefault(stem, path)
+            key = label_key(stem)
+            if key is not None:
+                labels.setdefault(key, path)
+    return [(image, match_label(nifti_stem(image), labels)) for image in list_nifti(image_dir)]
+
+
+def match_label(image_stem: str, labels: dict[str, Path]) -> Path | None:
+    if image_stem in labels:
+        return labels[image_stem]
+    channel = CHANNEL_STEM.match(image_stem)
+    return labels.get(channel.group("stem")) if channel else None
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def open_nifti(path: Path) -> nib.spatialimages.SpatialImage:
+    """The lazily loaded image (header + proxy); DataError when the header cannot be read.
+
+    The file stays open while the image lives so slab reads of a ``.nii.gz`` stream forward instead of restarting.
+    """
+    try:
+        image = nib.load(str(path), keep_file_open=True)
+    except MemoryError:
+        raise
+    except Exception as err:  # nibabel raises many types for broken files
+        raise DataError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from err
+    if len(image.shape) < 2 or min(image.shape) < 1:
+        raise DataError(f"{path}: NIfTI has unusable shape {image.shape}")
+    return image
+
+
+def spatial_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int | None]:
+    """``(3D shape, number of channels or None)``; singleton axes beyond the third are ignored.
+
+    The channel count is -1 when more than one axis beyond the third is longer than 1 (unsupported).
+    """
+    dims = list(shape) + [1] * max(0, 3 - len(shape))
+    extra = [d for d in dims[3:] if d != 1]
+    if len(extra) > 1:
+        return tuple(dims[:3]), -1
+    return tuple(dims[:3]), (extra[0] if extra else None)
+
+
+def channel_index(shape: tuple[int, ...], path: Path, channel: int | None) -> tuple[int, ...]:
+    """Indices for the stored axes beyond the third: 0 on singleton axes, ``channel`` on the channel axis."""
+    extras = list(shape[3:])
+    long_axes = [i for i, n in enumerate(extras) if n != 1]
+    if len(long_axes) > 1:
+        raise DataError(f"{path}: {len(shape)}D array of shape {tuple(shape)} is not supported")
+    index = [0] * len(extras)
+    if not long_axes:
+        if channel not in (None, 0):
+            raise DataError(f"{path}: image is 3D {tuple(shape[:3])}; channel={channel} does not exist")
+        return tuple(index)
+    n_channels = extras[long_axes[0]]
+    if channel is None:
+        raise DataError(f"{path}: 4D image of shape {tuple(shape)} ({n_channels} frames/channels); "
+                        f"choose one with channel=k")
+    if not 0 <= channel < n_channels:
+        raise DataError(f"{path}: channel={channel} out of range, the image has {n_channels} (shape {tuple(shape)})")
+    index[long_axes[0]] = channel
+    return tuple(index)
+
+
+def read_slabs(image: nib.spatialimages.SpatialImage, path: Path, channel: int | None):
+    """Yield ``(k0, k1, slab)``: scaled voxel values ``(X, Y, k1 - k0)`` of one channel, slab by slab along the
+    last stored spatial axis, so a big CT (or a float64 label) is never held twice in memory."""
+    shape = tuple(image.shape)
+    extra = channel_index(shape, path, channel)
+    if len(shape) == 2:
+        shape, extra = shape + (1,), ()
+    per_slab = max(1, SLAB_VOXELS // max(1, shape[0] * shape[1]))
+    for k0 in range(0, shape[2], per_slab):
+        k1 = min(shape[2], k0 + per_slab)
+        try:
+            if len(image.shape) == 2:
+                slab = np.asarray(image.dataobj)[:, :, None]
+            else:
+                slab = np.asarray(image.dataobj[(slice(None), slice(None), slice(k0, k1)) + extra])
+        except MemoryError:
+            raise
+        except Exception as err:  # EOFError, zlib.error, OSError, ValueError ... for truncated files
+            raise DataError(f"{path}: cannot read voxel data, file truncated or corrupt "
+                            f"({type(err).__name__}: {err})") from err
+        if slab.dtype.kind not in "biuf":
+            raise DataError(f"{path}: unsupported voxel type {slab.dtype} (need integer or float scalars)")
+        if slab.shape != (shape[0], shape[1], k1 - k0):
+            raise DataError(f"{path}: read {slab.shape} voxels, expected {(shape[0], shape[1], k1 - k0)} "
+                            f"(truncated file?)")
+        yield k0, k1, slab
+
+
+def read_image_array(image: nib.spatialimages.SpatialImage, path: Path, channel: int | None) -> np.ndarray:
+    """``(X, Y, Z)`` float32 (Fortran order, like the file) of one channel; DataError on NaN/Inf."""
+    shape3, _ = spatial_shape(tuple(image.shape))
+    out = np.empty(shape3, dtype=np.float32, order="F")
+    for k0, k1, slab in read_slabs(image, path, channel):
+        if slab.dtype.kind == "f" and not np.all(np.isfinite(slab)):
+            raise DataError(f"{path}: image contains NaN or Inf intensities")
+        out[:, :, k0:k1] = slab
+    return out
+
+
+def read_label_array(image: nib.spatialimages.SpatialImage, path: Path) -> np.ndarray:
+    """``(X, Y, Z)`` uint8 (int32 when values exceed 255); DataError for NaN, non-integer or negative values."""
+    shape3, _ = spatial_shape(tuple(image.shape))
+    out = np.empty(shape3, dtype=np.uint8, order="F")
+    for k0, k1, slab in read_slabs(image, path, None):
+        if slab.dtype.kind == "f":
+            if not np.all(np.isfinite(slab)):
+                raise DataError(f"{path}: label contains NaN or Inf")
+            fractional = slab != np.round(slab)
+            if fractional.any():
+                raise DataError(f"{path}: label has non-integer values (e.g. {np.unique(slab[fractional])[:3]})")
+        if slab.size and slab.min() < 0:
+            raise DataError(f"{path}: label has negative values (min {slab.min()})")
+        if slab.size and slab.max() > np.iinfo(out.dtype).max:
+            if slab.max() > np.iinfo(np.int32).max:
+                raise DataError(f"{path}: label values up to {slab.max()} are too large")
+            out = out.astype(np.int32, order="F")
+        out[:, :, k0:k1] = slab
+    return out
+
+
+def grid_mismatch_mm(affine_a: np.ndarray, affine_b: np.ndarray, shape: tuple[int, int, int]) -> float:
+    """Largest distance in mm between where two affines put the corners of a ``shape`` grid."""
+    ends = [(0, n - 1) for n in shape]
+    corners = np.array([[i, j, k, 1.0] for i in ends[0] for j in ends[1] for k in ends[2]])
+    return float(np.max(np.linalg.norm((corners @ affine_a.T - corners @ affine_b.T)[:, :3], axis=1)))
+
+
+def check_label_header(label: nib.spatialimages.SpatialImage, label_path: Path, image_shape: tuple[int, int, int],
+                       image_affine: np.ndarray, image_path: Path) -> None:
+    shape3, n_channels = spatial_shape(label.shape)
+    if n_channels is not None:
+        raise DataError(f"{label_path}: label must be 3D, got shape {label.shape}")
+    if shape3 != tuple(image_shape):
+        raise DataError(f"{label_path}: label shape {shape3} does not match image shape {tuple(image_shape)} "
+                        f"of {image_path}")
+    sizes = np.linalg.norm(np.asarray(image_affine)[:3, :3], axis=0)
+    tolerance = AFFINE_TOLERANCE_VOXELS * float(sizes.min()) + 1e-3
+    mismatch = grid_mismatch_mm(np.asarray(label.affine, float), np.asarray(image_affine, float), image_shape)
+    if not mismatch <= tolerance:
+        raise DataError(f"{label_path}: label affine does not match the image affine of {image_path} "
+                        f"(grids differ by up to {mismatch:.3g} mm)")
+
+
+def label_values(label: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a non-negative integer array, counted slab by slab (no full int64 copy)."""
+    top = int(label.max()) if label.size else 0
+    if top >= 1 << 20:
+        return np.unique(label)
+    counts = np.zeros(top + 1, dtype=np.int64)
+    slabs = max(1, SLAB_VOXELS // max(1, int(np.prod(label.shape[:-1]))))
+    for k in range(0, label.shape[-1], slabs):
+        values = label[..., k:k + slabs].ravel(order="K").astype(np.intp, copy=False)
+        counts += np.bincount(values, minlength=top + 1)[: top + 1]
+    return np.flatnonzero(counts)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Preprocessing options shared by all cases of one :func:`load_volumes` call."""
+
+    spacing: float | tuple[float, float] | str | None = "fit"
+    size: tuple[int, int] | None = (128, 128)
+    channel: int | None = None
+    min_slices: int = 1
+    percentiles: tuple[float, float] = (1.0, 99.0)
+
+
+def normalise_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+    return pair
+
+
+def load_case(case: Case, options: LoadOptions) -> Volume:
+    """Read, reorient, resample, crop/pad and normalise one case; DataError naming the file on any problem."""
+    image_file = open_nifti(case.image)
+    channel = options.channel if options.channel is not None else case.default_channel
+    shape3, n_channels = spatial_shape(image_file.shape)
+    channel_index(tuple(image_file.shape), case.image, channel)  # fail fast on a missing/bad channel choice
+    affine = np.asarray(image_file.affine, dtype=np.float64)
+    orientation = canonical_orientation(affine, str(case.image))
+    n_slices = shape3[orientation.order[0]]
+    if n_slices < options.min_slices:
+        raise DataError(f"{case.image}: {n_slices} slices, fewer than the {options.min_slices} required "
+                        f"(n_partitions / min_slices)")
+    label_file = None
+    if case.label is not None:
+        label_file = open_nifti(case.label)
+        check_label_header(label_file, case.label, shape3, affine, case.image)
+
+    spacing_in = orientation.spacing[1:]
+    shape_in = tuple(shape3[ax] for ax in orientation.order[1:])
+    spacing_out = target_spacing(spacing_in, shape_in, options.spacing, options.size)
+    image = read_image(case.image, image_file, channel, orientation, spacing_out, options)
+    label = read_label(case, label_file, orientation, spacing_out, options.size) if label_file is not None else None
+
+    meta = {
+        "layout": case.layout,
+        "subject": case.subject,
+        "frame": case.frame,
+        "channel": channel if n_channels is not None else None,
+        "label_path": str(case.label) if case.label is not None else None,
+        "original_shape": tuple(int(s) for s in image_file.shape),
+        "original_spacing": tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)),
+        "original_axcodes": "".join(str(c) for c in nib.aff2axcodes(affine)),
+        "canonical_affine": reoriented_affine(affine, shape3, orientation),
+        **case.extra,
+    }
+    spacing = (orientation.spacing[0], *spacing_out)
+    return Volume(case.name, image, label, tuple(float(s) for s in spacing), str(case.image), meta)
+
+
+def read_image(path: Path, image_file, channel: int | None, orientation: Orientation,
+               spacing_out: tuple[float, float], options: LoadOptions) -> np.ndarray:
+    """``(Z, H, W)`` float32 preprocessed image of one file."""
+    stored = read_image_array(image_file, path, channel)
+    value_range = intensity_range(stored, options.percentiles, str(path))
+    return resample_image(reorient(stored, orientation), orientation.spacing[1:], spacing_out, options.size,
+                          value_range, str(path), check_finite=False)
+
+
+def read_label(case: Case, label_file, orientation: Orientation, spacing_out: tuple[float, float],
+               size: tuple[int, int] | None) -> np.ndarray:
+    """``(Z, H, W)`` int64 preprocessed label; values checked against the data set's declared labels."""
+    stored = read_label_array(label_file, case.label)
+    if case.allowed_labels is not None:
+        unknown = sorted(set(label_values(stored).tolist()) - set(case.allowed_labels))
+        if unknown:
+            raise DataError(f"{case.label}: label values {unknown} are not listed in dataset.json labels "
+                            f"{sorted(case.allowed_labels)}")
+    return resample_label(reorient(stored, orientation), orientation.spacing[1:], spacing_out, size)
+
+
+def load_volumes(
+    path: str | os.PathLike,
+    spacing: float | tuple[float, float] | str | None = "fit",
+    size: int | tuple[int, int] | None = (128, 128),
+    *,
+    channel: int | None = None,
+    frames: Sequence[str] | str = ACDC_FRAMES,
+    with_labels: bool | None = None,
+    min_slices: int = 1,
+    n_partitions: int | None = None,
+    max_volumes: int | None = None,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    errors: str = "raise",
+) -> list[Volume]:
+    """Load every volume under ``path`` (Decathlon, ACDC, plain folder or one file), preprocessed.
+
+    Args:
+        path: data root, ACDC patient folder, plain folder or one NIfTI file. Only read, never written.
+        spacing: in-plane target spacing in mm, a number or ``(y, x)``; ``"fit"`` (default) picks per volume the
+            isotropic spacing at which the whole field of view fits ``size``; None keeps the stored spacing.
+            The slice axis is never resampled.
+        size: in-plane output ``(H, W)`` (or one int); centre crop/pad after resampling. None: no crop/pad.
+        channel: channel / frame of 4D images. None: channel 0 for Decathlon (the first ``modality``), an error
+            for other 4D images.
+        frames: ACDC frames to load, ``"ED"`` and/or ``"ES"``.
+        with_labels: None loads labels where they exist, True requires them, False ignores them.
+        min_slices, n_partitions: volumes with fewer slices than ``max(min_slices, n_partitions)`` are an error.
+        max_volumes: load only the first ``max_volumes`` cases (sorted by name), e.g. for a quick look.
+        percentiles: intensity clip percentiles before scaling to ``[0, 1]``.
+        errors: ``"raise"`` (default) or ``"skip"`` (warn and drop volumes that raise DataError).
+    Returns:
+        Volumes sorted by name: ``image (Z, H, W) float32`` in [0, 1], ``label (Z, H, W) int64`` or None,
+        ``spacing (z, y, x)`` mm after preprocessing, ``source`` the image path, ``meta`` with ``subject``,
+        ``layout``, ``frame``, the original shape/spacing/orientation.
+    Raises:
+        DataError naming the file for any unusable input (see the module docstring).
+    """
+    if errors not in ("raise", "skip"):
+        raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+    required = max(int(min_slices), int(n_partitions or 1))
+    options = LoadOptions(spacing=spacing, size=normalise_size(size), channel=channel, min_slices=required,
+                          percentiles=tuple(percentiles))
+    target_spacing((1.0, 1.0), (1, 1), spacing, options.size)  # validate the argument before any reading
+    cases = find_cases(path, frames=frames, with_labels=with_labels)
+    if max_volumes is not None:
+        cases = cases[: int(max_volumes)]
+    volumes = []
+    for case in cases:
+        try:
+            volumes.append(load_case(case, options))
+        except DataError as err:
+            if errors == "raise":
+                raise
+            warnings.warn(f"skipped: {err}", stacklevel=2)
+    if not volumes:
+        raise DataError(f"{path}: no volume could be loaded")
+    return volumes
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+def summarize(volumes: Sequence[Volume]) -> str:
+    """A short table: count, in-plane shapes, slices, spacing ranges, label classes with voxel fractions."""
+    if not volumes:
+        return "0 volumes"
+    n_labelled = sum(v.label is not None for v in volumes)
+    slices = np.array([v.n_slices for v in volumes])
+    spacings = np.array([v.spacing for v in volumes], dtype=float)
+    shapes = sorted({tuple(v.image.shape[1:]) for v in volumes})
+    rows = [
+        ("volumes", f"{len(volumes)} ({n_labelled} labelled)"),
+        ("in-plane H x W", ", ".join(f"{h} x {w}" for h, w in shapes[:4]) + (" ..." if len(shapes) > 4 else "")),
+        ("slices Z", f"{slices.min()} .. {slices.max()} (median {np.median(slices):g}, total {slices.sum()})"),
+    ]
+    for axis, name in enumerate("zyx"):
+        rows.append((f"spacing {name} (mm)", f"{spacings[:, axis].min():.2f} .. {spacings[:, axis].max():.2f}"))
+    if n_labelled:
+        counts: dict[int, int] = {}
+        for v in volumes:
+            if v.label is not None:
+                values, n = np.unique(v.label, return_counts=True)
+                for value, count in zip(values.tolist(), n.tolist()):
+                    counts[value] = counts.get(value, 0) + count
+        total = sum(counts.values())
+        rows.append(("label classes", "  ".join(f"{k}: {100 * c / total:.1f}%" for k, c in sorted(counts.items()))))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -1,0 +1,317 @@
+"""Preprocessing of one scan: canonical orientation, in-plane resampling, centre crop/pad, intensity normalisation.
+
+Orientation convention (the output array is ``(Z, H, W)``, slice axis first):
+
+* The slice axis is the *acquired* one: the axis with the coarsest voxel size. When several axes are within a
+  factor ``1.2`` of the coarsest (near-isotropic data), the one closest to the superior-inferior world axis wins.
+  Axes are never resampled into a different plane: we only transpose and flip, so oblique thick-slice stacks
+  (cardiac short axis) keep their slices.
+* Each array axis is matched to the world axis (RAS+ : x = left->Right, y = posterior->Anterior,
+  z = inferior->Superior) it is most aligned with.
+* Slice index increases toward **Superior** for axial stacks, **Posterior** for coronal, **Right** for sagittal.
+  These three agree with the apex->base direction of the heart, so oblique short-axis stacks come out in the same
+  order whichever world axis dominates. The sign is taken from the dot product with a reference vector that
+  weights the dominant axis 1 and the two others 0.5, which keeps the choice stable near 45 degree obliquity.
+* In-plane axes follow the radiological display convention: rows (H) take the "most vertical" remaining world
+  axis (S/I before A/P before R/L) and run toward Inferior / Posterior; columns (W) run toward the patient's
+  Left / Posterior. An axial slice is shown with anterior at the top and the patient's right on the left.
+
+Resampling: in-plane only (the slice axis is kept), bilinear for images (with block means and a Gaussian against
+aliasing when down-sampling), nearest for labels. The output grid is centred on the stored field of view and the
+centre crop/pad to ``(H, W)`` happens in the same pass (no full-size intermediate).
+
+Intensity: clip to the 1st/99th percentile of the volume (estimated on <= 2 M voxels) and scale to ``[0, 1]``.
+Padding takes the value 0, i.e. the clipped minimum (background for MR, air for CT).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from glcl_core.data.volume import DataError
+
+ISOTROPY_TOLERANCE = 1.2  # axes within this factor of the coarsest count as "equally coarse"
+SLICE_TARGET_SIGN = np.array([+1.0, -1.0, +1.0])  # RAS sign the slice axis runs toward: Right, Posterior, Superior
+INPLANE_TARGET_SIGN = np.array([-1.0, -1.0, -1.0])  # rows/cols run toward Left, Posterior, Inferior
+DISPLAY_PRIORITY = (2, 1, 0)  # world axis preferred for rows: S/I, then A/P, then R/L
+CHUNK_VOXELS = 16_000_000  # voxels per slab when resampling: bounds the temporaries on big CT volumes
+PERCENTILE_SAMPLES = 2_000_000
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How to turn a stored array into the canonical ``(Z, H, W)`` layout.
+
+    Attributes:
+        order: stored axes in output order (slice, row, column).
+        flip: per output axis, whether to reverse it (after transposing).
+        spacing: ``(z, y, x)`` voxel size in mm in output order.
+        world_axes: RAS world axis (0 x, 1 y, 2 z) each output axis is matched to.
+    """
+
+    order: tuple[int, int, int]
+    flip: tuple[bool, bool, bool]
+    spacing: tuple[float, float, float]
+    world_axes: tuple[int, int, int]
+
+
+def voxel_directions(affine: np.ndarray, source: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Voxel sizes ``(3,)`` in mm and unit direction columns ``(3, 3)`` (world x array axis) of a 4x4 affine."""
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    if not np.all(np.isfinite(linear)):
+        raise DataError(f"{source}: affine has non-finite entries")
+    sizes = np.round(np.linalg.norm(linear, axis=0), 6)  # drop float noise of rotated affines (stable resampling)
+    if np.any(sizes <= 1e-6) or abs(np.linalg.det(linear)) <= 1e-9 * float(np.prod(sizes)):
+        raise DataError(f"{source}: degenerate affine (zero voxel size or collinear axes):\n{np.round(affine, 4)}")
+    return sizes, linear / sizes
+
+
+def find_slice_axis(sizes: np.ndarray, directions: np.ndarray) -> int:
+    """Stored axis holding the acquired slices: the coarsest, ties broken by alignment with superior-inferior."""
+    coarse = [a for a in range(3) if sizes[a] * ISOTROPY_TOLERANCE >= sizes.max()]
+    if len(coarse) == 1:
+        return coarse[0]
+    return max(coarse, key=lambda a: abs(directions[2, a]))
+
+
+def canonical_orientation(affine: np.ndarray, source: str = "") -> Orientation:
+    """The transpose + flips that bring a stored array into the canonical ``(Z, H, W)`` layout (module docstring)."""
+    sizes, directions = voxel_directions(affine, source)
+    slice_axis = find_slice_axis(sizes, directions)
+    slice_world = int(np.argmax(np.abs(directions[:, slice_axis])))
+
+    # Slice direction: dot with a reference that favours the dominant world axis (stable for oblique stacks).
+    reference = SLICE_TARGET_SIGN * 0.5
+    reference[slice_world] = SLICE_TARGET_SIGN[slice_world]
+    flip_slices = float(directions[:, slice_axis] @ reference) < 0
+
+    # In-plane: match the two remaining stored axes to the two remaining world axes (best total alignment).
+    a, b = [ax for ax in range(3) if ax != slice_axis]
+    w1, w2 = [w for w in range(3) if w != slice_world]
+    straight = abs(directions[w1, a]) + abs(directions[w2, b])
+    crossed = abs(directions[w2, a]) + abs(directions[w1, b])
+    match = {a: w1, b: w2} if straight >= crossed else {a: w2, b: w1}
+    row_axis, col_axis = sorted((a, b), key=lambda ax: DISPLAY_PRIORITY.index(match[ax]))
+    flip_rows = directions[match[row_axis], row_axis] * INPLANE_TARGET_SIGN[match[row_axis]] < 0
+    flip_cols = directions[match[col_axis], col_axis] * INPLANE_TARGET_SIGN[match[col_axis]] < 0
+
+    order = (slice_axis, row_axis, col_axis)
+    return Orientation(
+        order=order,
+        flip=(bool(flip_slices), bool(flip_rows), bool(flip_cols)),
+        spacing=tuple(float(sizes[ax]) for ax in order),
+        world_axes=(slice_world, match[row_axis], match[col_axis]),
+    )
+
+
+def reorient(array: np.ndarray, orientation: Orientation) -> np.ndarray:
+    """A view of a stored 3D ``array`` in canonical ``(Z, H, W)`` order (no copy)."""
+    view = np.transpose(array, orientation.order)
+    steps = tuple(slice(None, None, -1) if f else slice(None) for f in orientation.flip)
+    return view[steps]
+
+
+def reoriented_affine(affine: np.ndarray, shape: tuple[int, ...], orientation: Orientation) -> np.ndarray:
+    """4x4 affine of the canonical array (index ``(z, y, x)`` -> world mm), for provenance and tests."""
+    affine = np.asarray(affine, dtype=np.float64)
+    out = np.eye(4)
+    out[:3, 3] = affine[:3, 3]
+    for new_ax, (old_ax, flipped) in enumerate(zip(orientation.order, orientation.flip)):
+        column = affine[:3, old_ax]
+        if flipped:
+            out[:3, 3] += column * (shape[old_ax] - 1)
+            column = -column
+        out[:3, new_ax] = column
+    return out
+
+
+def target_spacing(
+    spacing_in: tuple[float, float],
+    shape_in: tuple[int, int],
+    spacing: float | tuple[float, float] | str | None,
+    size: tuple[int, int] | None,
+) -> tuple[float, float]:
+    """In-plane output spacing ``(y, x)`` in mm.
+
+    ``spacing`` is a number or ``(y, x)`` pair in mm, ``None`` to keep the stored spacing, or ``"fit"``: the
+    isotropic spacing at which the whole stored field of view just fits into ``size`` (per volume).
+    """
+    if spacing is None or (isinstance(spacing, str) and size is None):
+        return float(spacing_in[0]), float(spacing_in[1])
+    if isinstance(spacing, str):
+        if spacing != "fit":
+            raise ValueError(f"spacing must be a number, a (y, x) pair, None or 'fit'; got {spacing!r}")
+        fov = (shape_in[0] * spacing_in[0], shape_in[1] * spacing_in[1])
+        fitted = max(fov[0] / size[0], fov[1] / size[1])
+        return fitted, fitted
+    pair = (float(spacing), float(spacing)) if np.isscalar(spacing) else tuple(float(s) for s in spacing)
+    if len(pair) != 2 or min(pair) <= 0 or not all(math.isfinite(s) for s in pair):
+        raise ValueError(f"spacing must be positive (y, x) mm, got {spacing!r}")
+    return pair
+
+
+def sample_positions(n_in: int, s_in: float, s_out: float, n_out: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Input index ``(n_out,)`` float64 for each output pixel, centred on the input field of view, and a mask
+    ``(n_out,)`` bool of positions that fall inside the input (the rest is padding).
+
+    With ``n_out=None`` the output covers the input field of view (``round(n_in * s_in / s_out)`` pixels).
+    """
+    if n_out is None:
+        n_out = max(1, int(round(n_in * s_in / s_out)))
+    ratio = s_out / s_in
+    if abs(ratio - 1.0) < 1e-6:  # same spacing: a pure integer shift (crop/pad), no half-pixel blur
+        shift = (n_in - n_out) // 2 if n_in >= n_out else -((n_out - n_in) // 2)
+        positions = np.arange(n_out, dtype=np.float64) + shift
+    else:
+        positions = (n_in - 1) / 2.0 + (np.arange(n_out) - (n_out - 1) / 2.0) * ratio
+    inside = (positions >= -0.5) & (positions <= n_in - 0.5)
+    return positions, inside
+
+
+def linear_weights(positions: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left index, right index and right weight (each ``(n_out,)``) for linear interpolation with edge clamping."""
+    clamped = np.clip(positions, 0.0, n_in - 1)
+    left = np.minimum(np.floor(clamped).astype(np.intp), max(n_in - 2, 0))
+    right = np.minimum(left + 1, n_in - 1)
+    weight = (clamped - left).astype(np.float32)
+    return left, right, weight
+
+
+def nearest_index(positions: np.ndarray, n_in: int) -> np.ndarray:
+    return np.clip(np.floor(positions + 0.5), 0, n_in - 1).astype(np.intp)
+
+
+def intensity_range(
+    array: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0), source: str = ""
+) -> tuple[float, float]:
+    """Lower and upper clip values: the given percentiles of ``array`` (any shape) on a regular subsample of
+    at most 2 M voxels. The stride is made coprime with every axis length so it does not lock onto one row."""
+    flat = array.ravel(order="K")  # a view for C- or Fortran-ordered arrays (nibabel gives Fortran order)
+    step = max(1, flat.size // PERCENTILE_SAMPLES)
+    while step > 1 and any(math.gcd(step, n) != 1 for n in array.shape):
+        step += 1
+    sample = flat[::step].astype(np.float32)
+    if not np.all(np.isfinite(sample)):
+        raise DataError(f"{source}: image contains NaN or Inf intensities")
+    lo, hi = np.percentile(sample, percentiles)
+    if not hi > lo:  # e.g. a tiny object on a flat background: fall back to the full range
+        lo, hi = float(sample.min()), float(sample.max())
+    if not hi > lo:
+        raise DataError(f"{source}: image has constant intensity {lo:g}; nothing to learn from")
+    return float(lo), float(hi)
+
+
+def resample_image(
+    volume: np.ndarray,
+    spacing_in: tuple[float, float],
+    spacing_out: tuple[float, float],
+    size: tuple[int, int] | None,
+    value_range: tuple[float, float],
+    source: str = "",
+    check_finite: bool = True,
+) -> np.ndarray:
+    """Bilinear in-plane resampling, centre crop/pad and intensity normalisation in one pass.
+
+    Args:
+        volume: ``(Z, H_in, W_in)`` any real dtype, possibly a strided view.
+        spacing_in / spacing_out: ``(y, x)`` mm.
+        size: ``(H, W)`` output size, or None for the resampled field of view.
+        value_range: ``(lo, hi)`` clip values; output is ``(clip(v) - lo) / (hi - lo)``.
+        check_finite: raise DataError on NaN/Inf (skip when the caller has checked already).
+    Returns:
+        ``(Z, H, W)`` float32 in ``[0, 1]``; padding is 0. Anti-aliasing for a down-sampling factor ``f``: means of
+        ``floor(f)`` pixel blocks, then a Gaussian of sigma ``(f' - 1) / 2`` for the remaining factor ``f'``.
+        Works slab by slab to bound temporaries.
+    """
+    n_slices, h_in, w_in = volume.shape
+    rows, rows_inside = sample_positions(h_in, spacing_in[0], spacing_out[0], None if size is None else size[0])
+    cols, cols_inside = sample_positions(w_in, spacing_in[1], spacing_out[1], None if size is None else size[1])
+    # Strong down-sampling: average blocks of n pixels first (cheap), then a small Gaussian for the rest.
+    row_block = max(1, int(spacing_out[0] / spacing_in[0] + 1e-6))
+    col_block = max(1, int(spacing_out[1] / spacing_in[1] + 1e-6))
+    h_mid, w_mid = h_in // row_block, w_in // col_block
+    r0, r1, rw = linear_weights((rows - (row_block - 1) / 2.0) / row_block, h_mid)
+    c0, c1, cw = linear_weights((cols - (col_block - 1) / 2.0) / col_block, w_mid)
+    sigma_rows = max(0.0, (spacing_out[0] / (spacing_in[0] * row_block) - 1.0) / 2.0)
+    sigma_cols = max(0.0, (spacing_out[1] / (spacing_in[1] * col_block) - 1.0) / 2.0)
+    check_finite = check_finite and volume.dtype.kind == "f"
+
+    out = np.empty((n_slices, rows.size, cols.size), dtype=np.float32)
+    chunk = max(1, CHUNK_VOXELS // max(1, h_in * w_in))
+    for k0 in range(0, n_slices, chunk):
+        block = np.array(volume[k0:k0 + chunk], dtype=np.float32, order="C", copy=True)  # float32 slab we own
+        if check_finite and not np.all(np.isfinite(block)):
+            raise DataError(f"{source}: image contains NaN or Inf intensities")
+        block = block_mean(block, row_block, col_block)
+        if sigma_rows > 0.1 and h_mid > 1:
+            gaussian_filter1d(block, sigma_rows, axis=1, output=block, mode="nearest", truncate=3.0)
+        if sigma_cols > 0.1 and w_mid > 1:
+            gaussian_filter1d(block, sigma_cols, axis=2, output=block, mode="nearest", truncate=3.0)
+        top = block[:, r0, :]
+        top += (block[:, r1, :] - top) * rw[None, :, None]
+        left = top[:, :, c0]
+        left += (top[:, :, c1] - left) * cw[None, None, :]
+        out[k0:k0 + chunk] = left
+
+    lo, hi = np.float32(value_range[0]), np.float32(value_range[1])
+    np.clip(out, lo, hi, out=out)
+    out -= lo
+    out /= hi - lo  # float32 throughout: the clipped extremes map to exactly 0 and 1
+    out[:, ~rows_inside, :] = 0.0
+    out[:, :, ~cols_inside] = 0.0
+    return out
+
+
+def block_mean(block: np.ndarray, row_block: int, col_block: int) -> np.ndarray:
+    """``(k, H // row_block, W // col_block)`` means of non-overlapping blocks (a trailing partial block is dropped:
+    less than one output pixel at the far edge)."""
+    if row_block == 1 and col_block == 1:
+        return block
+    k, h, w = block.shape
+    h_mid, w_mid = h // row_block, w // col_block
+    trimmed = block[:, : h_mid * row_block, : w_mid * col_block]
+    return trimmed.reshape(k, h_mid, row_block, w_mid, col_block).mean(axis=(2, 4), dtype=np.float32)
+
+
+def resample_label(
+    label: np.ndarray,
+    spacing_in: tuple[float, float],
+    spacing_out: tuple[float, float],
+    size: tuple[int, int] | None,
+) -> np.ndarray:
+    """Nearest-neighbour twin of :func:`resample_image` for a label ``(Z, H_in, W_in)`` integer array (any view).
+
+    Returns ``(Z, H, W)`` int64, padding 0.
+    """
+    _, h_in, w_in = label.shape
+    rows, rows_inside = sample_positions(h_in, spacing_in[0], spacing_out[0], None if size is None else size[0])
+    cols, cols_inside = sample_positions(w_in, spacing_in[1], spacing_out[1], None if size is None else size[1])
+    picked = label[:, nearest_index(rows, h_in), :][:, :, nearest_index(cols, w_in)]
+    out = picked.astype(np.int64)
+    out[:, ~rows_inside, :] = 0
+    out[:, :, ~cols_inside] = 0
+    return out
+
+
+def normalise_intensity(image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)) -> np.ndarray:
+    """Standalone version of the intensity step: clip ``image`` (any shape) to its percentiles, scale to [0, 1]."""
+    lo, hi = intensity_range(np.ascontiguousarray(image), percentiles=percentiles)
+    out = np.clip(image.astype(np.float32), lo, hi)
+    return (out - np.float32(lo)) / np.float32(hi - lo)
+
+
+def crop_or_pad(array: np.ndarray, size: tuple[int, int], fill: float = 0) -> np.ndarray:
+    """Centre crop/pad the last two axes of ``array`` (``(..., H_in, W_in)``) to ``size`` with ``fill``."""
+    out = np.full(array.shape[:-2] + tuple(size), fill, dtype=array.dtype)
+    src, dst = [], []
+    for n_in, n_out in zip(array.shape[-2:], size):
+        start_in = max(0, (n_in - n_out) // 2)
+        start_out = max(0, (n_out - n_in) // 2)
+        length = min(n_in, n_out)
+        src.append(slice(start_in, start_in + length))
+        dst.append(slice(start_out, start_out + length))
+    out[(..., *dst)] = array[(..., *src)]
+    return out

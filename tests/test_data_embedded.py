@@ -1,0 +1,103 @@
+"""The embedded ICBM152 pseudo-subject set: determinism, caching, atomic build, sane labels and orientation."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from glcl_core.data import embedded_dataset, load_volumes
+from glcl_core.data.embedded import GeneratorParams, dataset_key
+
+N_SUBJECTS = 3
+
+
+def digest(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embedded")
+    return embedded_dataset(root, n_subjects=N_SUBJECTS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def volumes(built):
+    return load_volumes(built, spacing=2.0, size=(112, 112))
+
+
+def test_layout_and_dataset_json(built):
+    meta = json.loads((built / "dataset.json").read_text())
+    assert meta["labels"] == {"0": "background", "1": "CSF (approximate)", "2": "grey matter", "3": "white matter"}
+    assert meta["modality"] == {"0": "T1"} and len(meta["training"]) == N_SUBJECTS
+    for entry in meta["training"]:
+        image, label = nib.load(str(built / entry["image"])), nib.load(str(built / entry["label"]))
+        assert image.get_data_dtype() == np.int16 and label.get_data_dtype() == np.uint8
+        assert image.shape == label.shape and np.allclose(image.affine, label.affine)
+    assert not [p for p in built.parent.iterdir() if ".building-" in p.name], "temporary build folder left behind"
+
+
+def test_deterministic_per_seed_and_cached(built, tmp_path):
+    again = embedded_dataset(tmp_path / "other", n_subjects=N_SUBJECTS, seed=0)
+    assert digest(again) == digest(built)  # byte for byte
+    mtime = (again / "dataset.json").stat().st_mtime_ns
+    assert embedded_dataset(tmp_path / "other", n_subjects=N_SUBJECTS, seed=0) == again  # cached, not rebuilt
+    assert (again / "dataset.json").stat().st_mtime_ns == mtime
+    different = embedded_dataset(tmp_path / "other", n_subjects=N_SUBJECTS, seed=1)
+    assert different != again
+    first = lambda folder: np.asarray(nib.load(str(folder / "imagesTr" / "icbm_000.nii.gz")).dataobj)
+    a, b = first(again), first(different)
+    assert a.shape != b.shape or not np.array_equal(a, b)
+
+
+def test_incomplete_folder_is_not_reused(tmp_path, monkeypatch):
+    final = tmp_path / dataset_key(GeneratorParams(), 1, 3)
+    (final / "imagesTr").mkdir(parents=True)  # e.g. left by a copy that was interrupted
+    path = embedded_dataset(tmp_path, n_subjects=1, seed=3)
+    assert path == final and len(json.loads((path / "dataset.json").read_text())["training"]) == 1
+    monkeypatch.setenv("GLCL_DATA_DIR", str(tmp_path))
+    assert embedded_dataset(n_subjects=1, seed=3) == final
+
+
+def test_labels_are_sane(volumes):
+    assert len(volumes) == N_SUBJECTS
+    for v in volumes:
+        assert set(np.unique(v.label)) == {0, 1, 2, 3}
+        brain = np.bincount(v.label.ravel(), minlength=4)[1:]
+        csf, gm, wm = brain / brain.sum()
+        assert 0.02 < csf < 0.25 and 0.35 < gm < 0.7 and 0.2 < wm < 0.5, (v.name, csf, gm, wm)
+        assert np.mean(v.label > 0) < 0.5
+        # brain inside the in-plane field of view: nothing touches the border
+        border = np.concatenate([v.label[:, :3].ravel(), v.label[:, -3:].ravel(), v.label[:, :, :3].ravel(),
+                                 v.label[:, :, -3:].ravel()])
+        assert border.max() == 0, v.name
+        # the image agrees with the labels: white matter brighter than grey matter (T1), background darkest
+        mean = [v.image[v.label == k].mean() for k in range(4)]
+        assert mean[3] > mean[2] > mean[0], (v.name, mean)
+
+
+def test_subjects_differ_in_field_of_view_and_thickness(volumes):
+    slices = [v.n_slices for v in volumes]
+    thickness = [v.spacing[0] for v in volumes]
+    assert len(set(slices)) > 1 and len(set(thickness)) > 1
+    assert all(2.0 <= t <= 4.0 for t in thickness)
+    assert all(8 <= z <= 90 for z in slices)
+
+
+def test_canonical_orientation_whatever_the_storage(volumes):
+    """Stored as RAS, LPS, slice-first ...; loaded, every axis runs the documented way (z up, rows posterior,
+    columns toward the patient's left)."""
+    stored = {v.meta["original_axcodes"] for v in volumes}
+    assert len(stored) > 1
+    for v in volumes:
+        directions = v.meta["canonical_affine"][:3, :3]
+        assert np.argmax(np.abs(directions[:, 0])) == 2 and directions[2, 0] > 0
+        assert np.argmax(np.abs(directions[:, 1])) == 1 and directions[1, 1] < 0
+        assert np.argmax(np.abs(directions[:, 2])) == 0 and directions[0, 2] < 0
+        # anatomy check: the brain's anterior-posterior extent (rows) exceeds its left-right extent (columns)
+        rows, cols = np.nonzero(v.label.max(axis=0))
+        assert np.ptp(rows) > np.ptp(cols), v.name
