@@ -7,6 +7,7 @@ those, so on CPU with a fixed seed an interrupted and resumed run ends with the 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,8 +119,21 @@ def run_loop(
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool | None):
-    if enabled is False:
+    """A tqdm bar (a widget in notebooks). ``enabled=None``: only in a notebook or an interactive terminal,
+    so logs and CI output stay readable."""
+    if enabled is None:
+        enabled = _in_notebook() or sys.stderr.isatty()
+    if not enabled:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"

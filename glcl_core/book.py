@@ -1,0 +1,60 @@
+"""What every chapter of the book does in its set-up cell, in one place.
+
+A chapter's ``parameters`` cell holds ``profile`` and ``seed`` (papermill overrides them); the next cell calls
+:func:`chapter_setup`, which resolves the profile, the device and the run configuration and prints them.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glcl_core.device import default_device
+from glcl_core.profiles import check_profile, default_profile
+from glcl_core.train.config import RunConfig, make_config
+
+
+@dataclass
+class ChapterRun:
+    profile: str
+    seed: int
+    device: torch.device
+    cfg: RunConfig
+
+    def pick(self, ci, cpu, gpu):
+        """The value for this profile, e.g. ``run.pick(ci=2_000, cpu=20_000, gpu=200_000)`` points to embed."""
+        return {"ci": ci, "cpu": cpu, "gpu": gpu}[self.profile]
+
+    def __repr__(self) -> str:
+        return f"ChapterRun(profile={self.profile!r}, seed={self.seed}, device={self.device})"
+
+
+def chapter_setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> ChapterRun:
+    """Resolve the profile (``None``: ``GLCL_PROFILE``, else ``gpu`` with CUDA, else ``cpu``), seed the random
+    generators, pick the device and build the profile's configuration."""
+    profile = check_profile(profile) if profile else default_profile()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "glcl_core" / "numba"))
+    _matplotlib_defaults()
+    run = ChapterRun(profile=profile, seed=seed, device=default_device(), cfg=make_config(profile, seed=seed))
+    if not quiet:
+        print(f"profile {profile} | device {run.device} | torch {torch.__version__} | seed {seed}")
+    return run
+
+
+def _matplotlib_defaults() -> None:
+    import matplotlib as mpl
+
+    mpl.rcParams.update({
+        "figure.dpi": 80,  # small PNGs keep the committed notebooks light
+        "savefig.dpi": 80,
+        "figure.max_open_warning": 0,
+        "axes.titlesize": "medium",
+        "image.interpolation": "nearest",
+    })

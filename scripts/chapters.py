@@ -1,0 +1,219 @@
+"""Chapters of the book: create, normalise, check and execute them.
+
+    python scripts/chapters.py new book/07_x.ipynb --title "Chapter 7: ..." --summary "One line."
+    python scripts/chapters.py opening            # rewrite every chapter's standard opening from the template
+    python scripts/chapters.py check              # structure checks (also run by the tests)
+    python scripts/chapters.py run --profile cpu --inplace    # execute with papermill, outputs into the chapters
+    python scripts/chapters.py run --profile ci --out DIR     # execute copies (the tests)
+
+Every chapter opens the same way: (0) title, Colab badge and summary; (1) a guarded install cell; (2) the
+chapter's imports; (3) the ``parameters`` cell; (4) the set-up cell. Cells 0, 1, 3 and 4 are written from the
+template below (title and summary live in the notebook's metadata under ``glcl``); cell 2 is the author's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+sys.path.insert(0, str(ROOT))
+
+from glcl_core import REPOSITORY  # noqa: E402
+
+OPENING = "opening"
+INSTALL_SOURCE = f'''# On Colab: install glcl_core from the repository (Colab's own CUDA torch is kept). Elsewhere: nothing to do.
+import sys
+if "google.colab" in sys.modules:
+    import subprocess
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "glcl-core[book] @ git+https://github.com/{REPOSITORY}"], check=True)'''
+PARAMETERS_SOURCE = '''profile = None  # "ci" (seconds), "cpu" (minutes), "gpu" (paper scale); None: $GLCL_PROFILE, else gpu with CUDA, else cpu
+seed = 0'''
+SETUP_SOURCE = '''from glcl_core.book import chapter_setup
+
+run = chapter_setup(profile, seed)'''
+
+
+def chapters() -> list[Path]:
+    return sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _cell(kind: str, source: str, tags: list[str]) -> dict:
+    cell = {"cell_type": kind, "metadata": {"tags": tags}, "source": source}
+    if kind == "code":
+        cell.update(execution_count=None, outputs=[])
+    return cell
+
+
+def _title_source(path: Path, title: str, summary: str) -> str:
+    link = f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/book/{path.name}"
+    badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})"
+    return f"# {title}\n\n{badge}\n\n{summary}"
+
+
+def opening_cells(path: Path, title: str, summary: str, imports: dict | None = None) -> list[dict]:
+    return [
+        _cell("markdown", _title_source(path, title, summary), [OPENING]),
+        _cell("code", INSTALL_SOURCE, [OPENING, "install", "hide-input"]),
+        imports or _cell("code", "import matplotlib.pyplot as plt\n", []),
+        _cell("code", PARAMETERS_SOURCE, [OPENING, "parameters"]),
+        _cell("code", SETUP_SOURCE, [OPENING, "setup"]),
+    ]
+
+
+def new(path: Path, title: str, summary: str) -> None:
+    if path.exists():
+        raise SystemExit(f"{path} exists; use 'opening' to refresh its opening")
+    nb = {
+        "cells": opening_cells(path, title, summary),
+        "metadata": {
+            "glcl": {"title": title, "summary": summary},
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    _write(path, nb)
+
+
+def refresh_opening(path: Path) -> None:
+    nb = json.loads(path.read_text())
+    meta = nb["metadata"].get("glcl")
+    if not meta:
+        raise SystemExit(f"{path}: metadata has no 'glcl' title/summary")
+    cells = nb["cells"]
+    # the author's imports cell: the first code cell that is not part of the opening
+    body_start = 0
+    imports = None
+    for i, c in enumerate(cells[:6]):
+        tags = c.get("metadata", {}).get("tags", [])
+        if OPENING in tags:
+            body_start = i + 1
+        elif imports is None and c["cell_type"] == "code":
+            imports, body_start = c, i + 1
+    new_cells = opening_cells(path, meta["title"], meta["summary"], imports)
+    for old, fresh in zip([c for c in cells[:body_start] if OPENING in c.get("metadata", {}).get("tags", [])],
+                          [c for c in new_cells if OPENING in c["metadata"]["tags"]]):
+        if fresh["cell_type"] == "code" and "".join(old.get("source", "")) == fresh["source"]:
+            fresh["outputs"] = old.get("outputs", [])  # unchanged cell: keep its committed output
+            fresh["execution_count"] = old.get("execution_count")
+    nb["cells"] = new_cells + cells[body_start:]
+    _write(path, nb)
+
+
+def _write(path: Path, nb: dict) -> None:
+    import hashlib
+
+    seen = set()
+    for i, c in enumerate(nb["cells"]):
+        if not c.get("id") or c["id"] in seen:  # stable ids: no diff noise between runs
+            c["id"] = hashlib.sha1(f"{path.name}:{i}:{''.join(c.get('source', ''))}".encode()).hexdigest()[:8]
+        seen.add(c["id"])
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def check(path: Path) -> list[str]:
+    """Problems with a chapter's structure (empty list: fine)."""
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    problems = []
+    meta = nb.get("metadata", {}).get("glcl")
+    if not meta:
+        return [f"{path.name}: no glcl title/summary in metadata"]
+    src = ["".join(c.get("source", "")) for c in cells]
+    if len(cells) < 6:
+        return [f"{path.name}: fewer than 6 cells"]
+    if src[0] != _title_source(path, meta["title"], meta["summary"]):
+        problems.append(f"{path.name}: cell 0 is not the standard title + Colab badge (run 'opening')")
+    if src[1] != INSTALL_SOURCE:
+        problems.append(f"{path.name}: cell 1 is not the standard install cell")
+    if cells[2]["cell_type"] != "code" or not all(
+        line.startswith(("import ", "from ", "#")) or not line.strip() for line in src[2].splitlines()
+    ):
+        problems.append(f"{path.name}: cell 2 must hold only the chapter's imports")
+    if "parameters" not in cells[3].get("metadata", {}).get("tags", []) or src[3] != PARAMETERS_SOURCE:
+        problems.append(f"{path.name}: cell 3 is not the standard parameters cell")
+    if src[4] != SETUP_SOURCE:
+        problems.append(f"{path.name}: cell 4 is not the standard set-up cell")
+    for i, s in enumerate(src):
+        if cells[i]["cell_type"] == "code" and ("def " in s or "class " in s) and "solution" not in s.lower():
+            problems.append(f"{path.name}: cell {i} defines a function or class; library code belongs in glcl_core")
+    if not any("exercise" in s.lower() for s in src):
+        problems.append(f"{path.name}: no exercise")
+    return problems
+
+
+def run(paths: list[Path], profile: str, out: Path | None, inplace: bool, timeout: int) -> dict[str, float]:
+    """Execute chapters with papermill; returns seconds per chapter. Raises on the first failing chapter."""
+    import papermill as pm
+
+    times = {}
+    for path in paths:
+        target = path if inplace else (out / path.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        pm.execute_notebook(str(path), str(target), parameters={"profile": profile}, cwd=str(path.parent),
+                            kernel_name="python3", progress_bar=False, execution_timeout=timeout,
+                            request_save_on_cell_execute=False)
+        times[path.name] = time.perf_counter() - t0
+        print(f"[chapters] {path.name}: {times[path.name]:.1f} s ({profile})", flush=True)
+        if inplace:
+            _strip_papermill_metadata(target)
+    return times
+
+
+def _strip_papermill_metadata(path: Path) -> None:
+    """Keep committed chapters free of per-run noise (timestamps, durations) so diffs show content only."""
+    nb = json.loads(path.read_text())
+    nb["metadata"].pop("papermill", None)
+    for c in nb["cells"]:
+        c.get("metadata", {}).pop("papermill", None)
+        c.get("metadata", {}).pop("execution", None)
+        if c.get("metadata", {}).get("tags") == []:
+            c["metadata"].pop("tags")
+    # papermill injects a cell after 'parameters' with the values used; the set-up cell already prints them
+    nb["cells"] = [c for c in nb["cells"] if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("new")
+    p.add_argument("path", type=Path)
+    p.add_argument("--title", required=True)
+    p.add_argument("--summary", required=True)
+    p = sub.add_parser("opening")
+    p.add_argument("paths", nargs="*", type=Path)
+    p = sub.add_parser("check")
+    p.add_argument("paths", nargs="*", type=Path)
+    p = sub.add_parser("run")
+    p.add_argument("paths", nargs="*", type=Path)
+    p.add_argument("--profile", required=True, choices=["ci", "cpu", "gpu"])
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--inplace", action="store_true")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    args = parser.parse_args()
+    if args.cmd == "new":
+        new(args.path, args.title, args.summary)
+    elif args.cmd == "opening":
+        for path in args.paths or chapters():
+            refresh_opening(path)
+    elif args.cmd == "check":
+        problems = [p for path in (args.paths or chapters()) for p in check(path)]
+        print("\n".join(problems) or "all chapters fine")
+        sys.exit(1 if problems else 0)
+    else:
+        if not args.inplace and args.out is None:
+            parser.error("run needs --inplace or --out DIR")
+        times = run(args.paths or chapters(), args.profile, args.out, args.inplace, args.timeout)
+        print(f"[chapters] total {sum(times.values()):.1f} s for {len(times)} chapters ({args.profile})")
+
+
+if __name__ == "__main__":
+    main()
