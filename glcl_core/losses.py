@@ -303,6 +303,24 @@ def _positive_logits_by_gram(emb, pa, pb, qa, qb, inv_t, budget):
     return torch.cat(out, dim=1)
 
 
+def _piece_operands(emb, na, nb, s, e, r0, r1, n_same):
+    """``anchors (c, rows, D)``, ``keys (c, n, D)`` of a piece; same-block pieces gather once (anchors = a view)."""
+    keys = emb.index_select(0, nb[s:e])
+    if e <= n_same:
+        return keys[:, r0:r1], keys
+    return emb[:, r0:r1].index_select(0, na[s:e]), keys
+
+
+def _accumulate(target: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """``target[index[j]] += values[j]`` (duplicates add up). On CPU a short loop of in-place adds is much faster
+    than ``index_add_`` along the first axis of large blocks."""
+    if target.device.type != "cpu" or index.numel() > 256:
+        target.index_add_(0, index, values)
+        return
+    for j, block in enumerate(index.tolist()):
+        target[block].add_(values[j])
+
+
 class _NegativeLogSumExp(torch.autograd.Function):
     """Per (block pair, anchor row): ``logsumexp_k(inv_t * <e_anchor, e_k> + mask_k)`` over the key block.
 
@@ -324,7 +342,8 @@ class _NegativeLogSumExp(torch.autograd.Function):
         saved = []
         config = (n_same, rows, blocks_per_piece, very_negative, shift)
         for s, e, r0, r1, bias in _negative_pieces(emb, na, nb, inner, *config):
-            sims = torch.baddbmm(bias, emb[na[s:e], r0:r1], emb[nb[s:e]].transpose(1, 2), alpha=inv_t)
+            anchors, keys = _piece_operands(emb, na, nb, s, e, r0, r1, n_same)
+            sims = torch.baddbmm(bias, anchors, keys.transpose(1, 2), alpha=inv_t)
             if shift:
                 top = shift
                 total = sims.exp_().sum(dim=-1)  # in place: no second buffer of the similarities' size
@@ -332,7 +351,9 @@ class _NegativeLogSumExp(torch.autograd.Function):
                 top = sims.amax(dim=-1, keepdim=True)
                 total = sims.sub_(top).exp_().sum(dim=-1)
                 top = top.squeeze(-1)
-            out[s:e, r0:r1] = total.log() + top
+            value = total.log() + top
+            # a row without negatives: exactly very_negative (finite, so every gradient stays finite)
+            out[s:e, r0:r1] = torch.where(value > very_negative / 2, value, very_negative)
             if keep_exp:
                 saved.append((sims, total))
         ctx.save_for_backward(emb, na, nb, inner, out)
@@ -345,23 +366,37 @@ class _NegativeLogSumExp(torch.autograd.Function):
     def backward(ctx, grad_out):
         emb, na, nb, inner, out = ctx.saved_tensors
         inv_t, config = ctx.config
-        shift = config[-1]
+        n = emb.shape[1]
+        symmetric = bool(torch.equal(inner, inner.T))  # then same-block similarity pieces are symmetric too
+        n_same, very_negative, shift = config[0], config[-2], config[-1]
         saved = ctx.saved_exp  # not modified in place: backward may run twice (retain_graph)
         grad = torch.zeros_like(emb)
         for i, (s, e, r0, r1, bias) in enumerate(_negative_pieces(emb, na, nb, inner, *config)):
-            a, b = na[s:e], nb[s:e]
-            anchors, keys = emb[a, r0:r1], emb[b]
-            # d lse / d sims is the softmax exp(sims - lse); masked keys underflow to exactly 0
-            if saved is not None:
+            anchors, keys = _piece_operands(emb, na, nb, s, e, r0, r1, n_same)
+            # d lse / d sims is the softmax exp(sims - lse); masked keys underflow to exactly 0. Rows without any
+            # negative have no gradient (their weights are finite, the scale is 0).
+            lse = out[s:e, r0:r1]
+            has_negatives = lse > very_negative / 2
+            if saved is not None:  # W_ij / total_i is the softmax
                 weights, total = saved[i]
-                scale = (grad_out[s:e, r0:r1] * inv_t / total).unsqueeze(-1)
-            else:
+                scale = grad_out[s:e, r0:r1] * inv_t / total.clamp_min(torch.finfo(total.dtype).tiny)
+            elif shift:  # recompute W_ij = exp(s_ij - shift); total_i = exp(lse_i - shift)
+                weights = torch.baddbmm(bias, anchors, keys.transpose(1, 2), alpha=inv_t).exp_()
+                scale = grad_out[s:e, r0:r1] * inv_t * torch.exp(shift - lse)
+            else:  # recompute the softmax itself
                 weights = torch.baddbmm(bias, anchors, keys.transpose(1, 2), alpha=inv_t)
-                weights.sub_((out[s:e, r0:r1] - shift).unsqueeze(-1)).exp_()
-                scale = (grad_out[s:e, r0:r1] * inv_t).unsqueeze(-1)
+                weights.sub_(lse.unsqueeze(-1)).exp_()
+                scale = grad_out[s:e, r0:r1] * inv_t
+            scale = torch.where(has_negatives, scale, 0.0).unsqueeze(-1)
+            # with a fixed shift, W of a same-block piece covering all rows is symmetric (so is its mask)
+            if shift and symmetric and e <= n_same and r0 == 0 and r1 == n:
+                # anchors == keys and W symmetric: d/dE = (diag(s) W + W diag(s)) E = (W * (s_i + s_j)) E, one product
+                both = weights * (scale + scale.transpose(1, 2))
+                _accumulate(grad, nb[s:e], torch.bmm(both, keys))
+                continue
             # d/d anchor_i = scale_i sum_j W_ij key_j ; d/d key_j = sum_i W_ij scale_i anchor_i
-            grad[:, r0:r1].index_add_(0, a, torch.bmm(weights, keys).mul_(scale))
-            grad.index_add_(0, b, torch.bmm(weights.transpose(1, 2), anchors * scale))
+            _accumulate(grad[:, r0:r1], na[s:e], torch.bmm(weights, keys).mul_(scale))
+            _accumulate(grad, nb[s:e], torch.bmm(weights.transpose(1, 2), anchors * scale))
         return grad, None, None, None, None, None, None, None, None, None
 
 
@@ -393,6 +428,9 @@ def _negative_logsumexp(
     )
     if g == 1 and na.numel() == 1:
         return parts
+    if na.numel() == g and bool((torch.sort(na).values == torch.arange(g, device=device)).all()):
+        # one key block per anchor block (L^R, L^D: negatives only inside the image): nothing to combine
+        return torch.empty_like(parts).index_copy(0, na, parts)
     # Combine the block pairs of each anchor block: log-sum-exp via a detached max shift (exact gradient, since the
     # shift cancels) and index_add, so no (G, G, n) tensor is built.
     shift = torch.full((g, n), very_negative, dtype=dtype, device=device)

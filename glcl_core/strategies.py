@@ -56,6 +56,7 @@ __all__ = [
     "global_loss",
     "local_masks",
     "local_loss",
+    "local_region_corners",
 ]
 
 

@@ -1,0 +1,99 @@
+"""The book: chapter structure, every chapter executed (ci profile), the HTML built with -W and checked offline
+in headless Chromium (math typeset, figures present, widgets rendered)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import chapters  # noqa: E402
+
+CHAPTERS = chapters.chapters()
+TOC = (ROOT / "_toc.yml").read_text()
+
+
+def test_every_chapter_listed_in_toc_and_present():
+    listed = re.findall(r"file:\s*(book/\S+)", TOC)
+    assert len(CHAPTERS) == 6, [p.name for p in CHAPTERS]
+    assert sorted(listed) == sorted(f"book/{p.stem}" for p in CHAPTERS)
+    assert (ROOT / "book" / "intro.md").exists()
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_structure(path):
+    assert chapters.check(path) == []
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_committed_with_cpu_outputs(path):
+    nb = json.loads(path.read_text())
+    setup = nb["cells"][4]
+    text = "".join(o.get("text", "") for o in setup.get("outputs", []) if isinstance(o.get("text", ""), str)) + \
+        "".join("".join(o.get("text", [])) for o in setup.get("outputs", []) if isinstance(o.get("text"), list))
+    assert "profile cpu" in text, f"{path.name}: commit it executed in the cpu profile (scripts/main.sh does it)"
+    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    assert path.stat().st_size < 5_000_000
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_executes_in_ci_profile(path, tmp_path):
+    """papermill, ci profile: any error in any cell fails."""
+    times = chapters.run([path], "ci", tmp_path, inplace=False, timeout=600)
+    assert times[path.name] < 600
+    out = json.loads((tmp_path / path.name).read_text())
+    assert not [o for c in out["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail("headless Chromium is needed for the rendered-book test: apt-get install chromium")
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    out = tmp_path_factory.mktemp("book")
+    subprocess.run(["bash", str(ROOT / "scripts" / "vendor_js.sh")], check=True, cwd=ROOT)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output", str(out),
+         "-W", "--keep-going"], capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out / "_build" / "html"
+
+
+def _dom(chromium: str, page: Path, tmp: Path) -> str:
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+         f"--user-data-dir={tmp}", "--virtual-time-budget=15000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_built_pages_work_offline(built_book, tmp_path):
+    chromium = _chromium()
+    html = built_book
+    for page in html.rglob("*.html"):
+        text = page.read_text(errors="replace")
+        assert "cdn.jsdelivr" not in text and "cdnjs.cloudflare" not in text, f"{page.name} loads from a CDN"
+    intro = _dom(chromium, html / "book" / "intro.html", tmp_path / "a")
+    assert "mjx-container" in intro, "math was not typeset by the local MathJax"
+    assert "\\[" not in re.sub(r"<script.*?</script>", "", intro, flags=re.S)
+    chapter = _dom(chromium, html / "book" / "01_volumes_partitions.html", tmp_path / "b")
+    assert chapter.count("<img") >= 3, "figures missing"
+    widgets = re.findall(r'class="[^"]*widget-(?:slider|dropdown|select|checkbox|hbox|vbox)[^"]*"', chapter)
+    assert widgets, "widget areas are empty: the local ipywidgets manager did not render them"
