@@ -111,8 +111,10 @@ def masked_info_nce(
         temperature: ``t > 0``.
         reduction: ``"pairs"`` (mean over positive pairs, GLCL) or ``"anchors"`` (mean over anchors of the mean over
             their positives, SupCon/PCL). Anchors without positives are skipped.
-        chunk_size: anchor rows per similarity piece. ``None`` computes everything in one piece; an int bounds the
-            memory to about ``chunk_size x n`` floats per piece, pieces are recomputed in backward (checkpointing).
+        chunk_size: anchor rows per similarity piece (``n`` = keys per anchor: ``N``, or ``n`` for blocks). ``None``
+            computes everything in one piece. An int bounds the memory to a few pieces of about ``chunk_size x n``
+            floats: the exponentials are kept for backward only while they fit in 4 pieces, otherwise each piece
+            is recomputed in backward (checkpointing). Results do not depend on it beyond rounding.
 
     Returns:
         Scalar loss, float32 (float64 if ``z`` is float64), computed in full precision even under autocast.
@@ -391,7 +393,7 @@ class _NegativeLogSumExp(torch.autograd.Function):
             # with a fixed shift, W of a same-block piece covering all rows is symmetric (so is its mask)
             if shift and symmetric and e <= n_same and r0 == 0 and r1 == n:
                 # anchors == keys and W symmetric: d/dE = (diag(s) W + W diag(s)) E = (W * (s_i + s_j)) E, one product
-                both = weights * (scale + scale.transpose(1, 2))
+                both = (weights * scale).addcmul_(weights, scale.transpose(1, 2))
                 _accumulate(grad, nb[s:e], torch.bmm(both, keys))
                 continue
             # d/d anchor_i = scale_i sum_j W_ij key_j ; d/d key_j = sum_i W_ij scale_i anchor_i
@@ -421,7 +423,7 @@ def _negative_logsumexp(
     order = torch.cat([same.nonzero().flatten(), (~same).nonzero().flatten()])
     na, nb = na[order], nb[order]
     n_same = int(same.sum())
-    # keep the softmax weights for backward while they take at most ~4 pieces' worth of memory
+    # keep the exponentials for backward while they take at most ~4 pieces of memory
     save_limit = 4 * blocks_per_piece * rows * n
     parts = _NegativeLogSumExp.apply(
         emb, na, nb, inner, n_same, inv_t, rows, blocks_per_piece, very_negative, save_limit

@@ -325,7 +325,9 @@ def test_local_dense_chunked_equals_unchunked(strategy):
     f1, f2, image, volume, partition = local_case(seed=3, size=8)
     grads = []
     values = []
-    for chunk in (10**9, 1, 5, 31, None):
+    # 8x8 maps, K = 1: n = 128 embeddings per slice. 10**9: one piece, weights kept; 1, 5, 31: row pieces,
+    # recomputed in backward; 128: whole-block pieces, recomputed; 256: two blocks per piece, kept.
+    for chunk in (10**9, 1, 5, 31, 128, 256, None):
         a, b = f1.clone().requires_grad_(True), f2.clone().requires_grad_(True)
         loss = local_loss(a, b, image, volume, partition, strategy, "dense", 1, chunk_size=chunk)
         loss.backward()
@@ -341,9 +343,10 @@ def test_local_dense_gradcheck():
     f1, f2, image, volume, partition = (t[[0, 2, 4]] for t in (f1, f2, image, volume, partition))  # LD pairs
     f1.requires_grad_(True)
     f2.requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda a, b: local_loss(a, b, image, volume, partition, "LD", "dense", 2, chunk_size=3), (f1, f2)
-    )
+    for chunk in (3, 8, None):  # row pieces (recomputed); one block per piece; one piece (weights kept)
+        assert torch.autograd.gradcheck(
+            lambda a, b: local_loss(a, b, image, volume, partition, "LD", "dense", 2, chunk_size=chunk), (f1, f2)
+        )
 
 
 def test_lr_is_the_mean_over_slices():

@@ -69,7 +69,7 @@ class LocalConfig:
     decoder_blocks: int = 3
     form: str = "sparse"  # "sparse" (13 regions, paper) or "dense"
     region_size: int = 3
-    n_negatives: int = 10
+    n_negatives: int | None = None  # None: 10 for sparse (5 other regions x 2 views, as the official code), all others for dense
     pooling: str = "flatten"
     lr: float = 1e-3
     temperature: float = 0.1
