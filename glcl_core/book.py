@@ -51,6 +51,15 @@ def chapter_setup(profile: str | None = None, seed: int = 0, quiet: bool = False
 def _matplotlib_defaults() -> None:
     import matplotlib as mpl
 
+    try:  # in a kernel, figures must render inline whatever MPLBACKEND says (papermill, nbval, Colab)
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            shell.run_line_magic("matplotlib", "inline")
+    except ImportError:
+        pass
+
     mpl.rcParams.update({
         "figure.dpi": 80,  # small PNGs keep the committed notebooks light
         "savefig.dpi": 80,

@@ -98,7 +98,7 @@ def refresh_opening(path: Path) -> None:
             imports, body_start = c, i + 1
     new_cells = opening_cells(path, meta["title"], meta["summary"], imports)
     for old, fresh in zip([c for c in cells[:body_start] if OPENING in c.get("metadata", {}).get("tags", [])],
-                          [c for c in new_cells if OPENING in c["metadata"]["tags"]]):
+                          [c for c in new_cells if OPENING in c["metadata"].get("tags", [])]):
         if fresh["cell_type"] == "code" and "".join(old.get("source", "")) == fresh["source"]:
             fresh["outputs"] = old.get("outputs", [])  # unchanged cell: keep its committed output
             fresh["execution_count"] = old.get("execution_count")

@@ -104,3 +104,196 @@ def draw_slice(ax, volume: Volume, z: int, n_classes: int, label_alpha: float) -
                   interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+# ----------------------------------------------------------------------------------------------- chapter 1
+
+
+def plot_slice(volume: Volume, z: int, n_partitions: int = 4, show_label: bool = True, label_alpha: float = 0.4,
+               fig: Figure | None = None) -> Figure:
+    """One slice of a volume (the slice browser's frame).
+
+    Left: the side view with partition bands and a line at slice ``z``. Right: slice ``z`` with the label overlay
+    (when ``show_label`` and the volume is labelled), framed in its partition's colour.
+    """
+    z = int(np.clip(z, 0, volume.n_slices - 1))
+    partition = volume.partitions(n_partitions)
+    palette = partition_colours(n_partitions)
+    n_classes = int(volume.label.max()) + 1 if show_label and volume.label is not None and volume.label.size else 0
+    if fig is None:
+        fig = Figure(figsize=(7.0, 3.6), layout="constrained")
+    else:
+        fig.clear()
+    side, ax = fig.subplots(1, 2, width_ratios=[1, 1.6])
+    draw_side_view(side, volume, partition, palette, np.array([], dtype=int))
+    side.axhline(z, color="red", lw=1.2)
+    draw_slice(ax, volume, z, n_classes, label_alpha)
+    for spine in ax.spines.values():
+        spine.set_edgecolor(palette[partition[z]])
+        spine.set_linewidth(4)
+    ax.set_title(f"slice z={z} of {volume.n_slices}: partition {partition[z]} of {n_partitions}, "
+                 f"position {volume.positions[z]:.2f}", fontsize=9)
+    if n_classes > 1:
+        cmap = label_colormap(n_classes)
+        handles = [Patch(color=cmap(k), alpha=min(1.0, label_alpha + 0.3), label=f"class {k}")
+                   for k in range(1, n_classes)]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    fig.suptitle(volume.name, fontsize=10)
+    return fig
+
+
+def plot_partitions(volume: Volume, n_partitions: int = 4, fig: Figure | None = None) -> Figure:
+    """How a volume is cut into S partitions, and its slice positions.
+
+    Left: the side view with one coloured band per partition. Right: the position ``(k + 1) / Z`` of every slice
+    against its index ``k`` (continuous, PCL), coloured by partition (coarse, equal bins, G^D), with the bin
+    edges ``s / S`` dashed and each partition's slice count.
+    """
+    partition = volume.partitions(n_partitions)
+    positions = volume.positions
+    palette = partition_colours(n_partitions)
+    if fig is None:
+        fig = Figure(figsize=(9.0, 3.8), layout="constrained")
+    else:
+        fig.clear()
+    side, ax = fig.subplots(1, 2, width_ratios=[1, 1.5])
+    draw_side_view(side, volume, partition, palette, np.array([], dtype=int))
+    k = np.arange(volume.n_slices)
+    sizes = np.bincount(partition, minlength=n_partitions)
+    for s in range(n_partitions):
+        members = partition == s
+        ax.scatter(k[members], positions[members], color=palette[s], s=14, zorder=3,
+                   label=f"partition {s}: {sizes[s]} slices")
+    for s in range(1, n_partitions):
+        ax.axhline(s / n_partitions, color="grey", lw=0.8, ls="--")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
+              ncol=1 if n_partitions <= 12 else 2)
+    ax.set_xlim(-1, volume.n_slices)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("slice index k")
+    ax.set_ylabel("position p = (k + 1) / Z")
+    ax.set_title(f"{volume.n_slices} slices, S = {n_partitions}: bins of width 1/S", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"{volume.name}: partitions and positions", fontsize=10)
+    return fig
+
+
+def plot_field_of_view(volumes: list[Volume], n_partitions: int = 4, fig: Figure | None = None) -> Figure:
+    """Each volume's slices along the slice axis in scanner mm, one row per volume, coloured by partition.
+
+    Where the fields of view differ, partition s of one volume covers other anatomy than partition s of another:
+    the coloured segments do not line up.
+    """
+    from glcl_core.slices import field_of_view_table, slice_coordinates
+
+    table = field_of_view_table(volumes, n_partitions)
+    palette = partition_colours(n_partitions)
+    if fig is None:
+        fig = Figure(figsize=(8.0, 0.8 + 0.27 * len(volumes)), layout="constrained")
+    else:
+        fig.clear()
+    ax = fig.add_subplot()
+    for row, v in enumerate(volumes):
+        coords = slice_coordinates(v)
+        half = v.spacing[0] / 2
+        parts = v.partitions(n_partitions)
+        for s in range(n_partitions):
+            inside = coords[parts == s]
+            ax.barh(row, inside[-1] - inside[0] + 2 * half, left=inside[0] - half, height=0.7, color=palette[s],
+                    edgecolor="white", lw=0.5)
+    ax.axvline(table["start"].median(), color="black", lw=0.8, ls=":", label="median first slice")
+    ax.axvline(table["end"].median(), color="black", lw=0.8, ls="--", label="median last slice")
+    ax.set_yticks(range(len(volumes)), [f"{v.name} ({v.n_slices})" for v in volumes], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("slice-axis coordinate (mm; for the embedded data: world z, inferior -> superior)")
+    handles = [Patch(color=palette[s], label=f"partition {s}") for s in range(n_partitions)]
+    handles += ax.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title(f"Fields of view and partitions (S = {n_partitions}); label: name (slices)", fontsize=9)
+    return fig
+
+
+def plot_partition_means(per_volume: np.ndarray, fig: Figure | None = None) -> Figure:
+    """The mean slice of each partition over volumes (top) and its spread over volumes (bottom).
+
+    Args:
+        per_volume: ``(V, S, H, W)`` from :func:`glcl_core.slices.partition_mean_slices`.
+    """
+    n_volumes, n_partitions = per_volume.shape[:2]
+    mean, spread = per_volume.mean(axis=0), per_volume.std(axis=0)
+    palette = partition_colours(n_partitions)
+    if fig is None:
+        fig = Figure(figsize=(1.9 * n_partitions + 0.8, 4.2), layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(2, n_partitions, squeeze=False)
+    top = max(float(spread.max()), 1e-6)
+    for s in range(n_partitions):
+        axes[0, s].imshow(mean[s], cmap="gray", vmin=0.0, vmax=1.0)
+        axes[0, s].set_title(f"partition {s}", fontsize=9, color=palette[s] * np.array([0.8, 0.8, 0.8, 1.0]))
+        shown = axes[1, s].imshow(spread[s], cmap="magma", vmin=0.0, vmax=top)
+        for row in range(2):
+            axes[row, s].set_xticks([])
+            axes[row, s].set_yticks([])
+            for spine in axes[row, s].spines.values():
+                spine.set_edgecolor(palette[s])
+                spine.set_linewidth(3)
+    axes[0, 0].set_ylabel("mean", fontsize=9)
+    axes[1, 0].set_ylabel("std over volumes", fontsize=9)
+    fig.colorbar(shown, ax=axes[1, :].tolist(), shrink=0.8, pad=0.01)
+    fig.suptitle(f"Mean slice of each partition over {n_volumes} volumes (each volume weighs the same)",
+                 fontsize=10)
+    return fig
+
+
+def plot_slice_similarity(similarity: np.ndarray, sample, n_partitions: int, by_distance=None,
+                          contrast=None, kind: str = "correlation", fig: Figure | None = None) -> Figure:
+    """Cross-slice similarity ordered by partition, then position (left), and against the position gap (right).
+
+    Args:
+        similarity: ``(N, N)`` from :func:`glcl_core.slices.slice_similarity`.
+        sample: the :class:`glcl_core.slices.SliceSample` it was computed on.
+        by_distance: optional DataFrame from :func:`glcl_core.slices.similarity_by_distance` (right panel).
+        contrast: optional :class:`glcl_core.slices.PartitionContrast`, drawn as two horizontal lines.
+    """
+    order = sample.order(n_partitions)
+    parts = sample.partitions(n_partitions)[order]
+    matrix = np.asarray(similarity)[np.ix_(order, order)]
+    palette = partition_colours(n_partitions)
+    if fig is None:
+        fig = Figure(figsize=(10.0 if by_distance is not None else 5.6, 4.6), layout="constrained")
+    else:
+        fig.clear()
+    if by_distance is not None:
+        ax, curve = fig.subplots(1, 2, width_ratios=[1.15, 1])
+    else:
+        ax, curve = fig.add_subplot(), None
+    low = float(np.percentile(matrix, 2))
+    shown = ax.imshow(matrix, cmap="viridis", vmin=low, vmax=1.0, interpolation="nearest")
+    edges = np.flatnonzero(np.diff(parts)) + 0.5
+    for e in edges:
+        ax.axhline(e, color="white", lw=0.8)
+        ax.axvline(e, color="white", lw=0.8)
+    centres = [np.flatnonzero(parts == s).mean() for s in range(n_partitions) if np.any(parts == s)]
+    ax.set_xticks(centres, [f"P{s}" for s in range(n_partitions) if np.any(parts == s)], fontsize=8)
+    ax.set_yticks(centres, [f"P{s}" for s in range(n_partitions) if np.any(parts == s)], fontsize=8)
+    for tick, s in zip(ax.get_xticklabels() + ax.get_yticklabels(), list(range(n_partitions)) * 2):
+        tick.set_color(palette[s] * np.array([0.8, 0.8, 0.8, 1.0]))
+    ax.set_title(f"{len(sample)} slices of {len(sample.names)} volumes, sorted by partition then position",
+                 fontsize=9)
+    fig.colorbar(shown, ax=ax, shrink=0.8, label=kind)
+    if curve is not None:
+        curve.errorbar(by_distance["distance"], by_distance["mean"], yerr=by_distance["std"], marker="o", ms=4,
+                       capsize=2, color="tab:blue", label="pairs from different volumes")
+        if contrast is not None:
+            curve.axhline(contrast.same, color="tab:green", ls="--", lw=1,
+                          label=f"same partition (S={contrast.n_partitions}): {contrast.same:.2f}")
+            curve.axhline(contrast.other, color="tab:red", ls="--", lw=1,
+                          label=f"other partitions: {contrast.other:.2f}")
+        curve.set_xlabel("position gap |p_i - p_j|")
+        curve.set_ylabel(f"mean {kind} (+- std)")
+        curve.set_xlim(0, 1)
+        curve.grid(alpha=0.3)
+        curve.legend(fontsize=8, loc="lower left")
+        curve.set_title("similarity falls with the position gap", fontsize=9)
+    return fig
