@@ -76,6 +76,17 @@ def _history_table(rows: list[dict[str, Any]]):
     return pd.DataFrame(rows)
 
 
+def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where the device supports it: on CPU it cuts the optimiser's share of a
+    pre-training step from ~5% to ~1% (benchmarks/train_step.py). Falls back to foreach, then the plain loop."""
+    for kwargs in ({"fused": True}, {"foreach": True}, {}):
+        try:
+            return torch.optim.Adam(params, lr=lr, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            continue
+    raise AssertionError("unreachable: plain Adam always constructs")
+
+
 def _optimiser_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer, scaler) -> None:
     optimiser.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -127,7 +138,7 @@ def pretrain_global(
         sampler = RandomSliceSampler(volumes, batch_size=g.batch_size, seed=cfg.seed,
                                      n_partitions=cfg.data.n_partitions)
     params = list(model.encoder.parameters()) + list(head.parameters())
-    optimiser = torch.optim.Adam(params, lr=g.lr)
+    optimiser = _adam(params, g.lr)
     scaler = _grad_scaler(device)
     model.train()
     head.train()
@@ -211,7 +222,7 @@ def pretrain_local(
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     trained = list(model.decoder[:n_blocks].parameters()) + list(head.parameters())
-    optimiser = torch.optim.Adam(trained, lr=lc.lr)
+    optimiser = _adam(trained, lc.lr)
     scaler = _grad_scaler(device)
     if lc.strategy == "LD":
         sampler = PartitionSampler(volumes, n_volumes=lc.n_volumes, n_partitions=cfg.data.n_partitions, seed=cfg.seed)
@@ -313,7 +324,7 @@ def finetune(
         loaded = list(parts)
     model.to(device)
     sampler = LabelledSliceSampler(labelled, batch_size=fc.batch_size, seed=cfg.seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=fc.lr)
+    optimiser = _adam(list(model.parameters()), fc.lr)
     scaler = _grad_scaler(device)
     best: dict[str, Any] = {"dice": -1.0, "step": 0, "weights": None}
 
