@@ -1,19 +1,22 @@
 """Training-step throughput: images/s and peak memory for each stage and profile, and the share of a step spent
 outside the network's forward/backward (sampling, augmentation, loss, optimiser).
 
-    .venv/bin/python benchmarks/train_step.py                    # ci and cpu profiles on this machine's device
+    .venv/bin/python benchmarks/train_step.py                    # this machine's device: gpu profile on CUDA, else ci, cpu
     .venv/bin/python benchmarks/train_step.py --profiles cpu gpu --steps 10
+    .venv/bin/python benchmarks/train_step.py --profiles gpu --channels-last --compile   # GPU speed options
 
 How it is measured. *Step*: the real training function (``pretrain_global``, ``pretrain_local``, ``finetune``) runs
 ``warm-up + steps`` iterations with a log row per step; the step time is the median of the logged steps after the
 warm-up (images per step / images per second). *Floor*: the same modules, on a fixed batch of the same shape already
 on the device, forward + backward only (no sampler, no augmentation, no contrastive loss, no optimiser step), best
-of a few calls. *Overhead* = 1 - floor / step. Peak memory: CUDA max allocated, or on CPU the rise of the process's
+of a few calls, with the same ``--channels-last`` / ``--compile`` settings as the step (and the same mixed precision).
+*Overhead* = 1 - floor / step. Peak memory: CUDA max allocated, or on CPU the rise of the process's
 resident high-water mark during the run (see benchmarks/common.py).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -23,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import cpu_peak_delta_mb, cuda_peak_mb, format_table, time_call  # noqa: E402
-from glcl_core.device import default_device  # noqa: E402
+from glcl_core.device import autocast_dtype, default_device  # noqa: E402
 from glcl_core.experiment import prepare_split  # noqa: E402
 from glcl_core.models import GlobalHead, LocalHead  # noqa: E402
 from glcl_core.train import loops  # noqa: E402
@@ -37,51 +40,76 @@ def _step_seconds(history, images_per_step: int, warmup: int) -> float:
     return statistics.median(images_per_step / r for r in rates)
 
 
-def _run_stage(stage: str, cfg, split, device, warmup: int, steps: int):
-    """Run the real stage; returns (seconds per step, images per step)."""
-    n = warmup + steps
+def stage_config(stage: str, profile: str, iterations: int, speed: dict | None = None):
+    """The configuration a stage runs with here: ``iterations`` steps, a log row per step, no validation."""
+    speed = speed or {}
     if stage.startswith("global"):
-        strategy = stage.split()[1]
-        cfg = make_config(cfg.profile, global_={"strategy": strategy, "iterations": n, "log_every": 1})
+        return make_config(profile, speed=speed,
+                           global_={"strategy": stage.split()[1], "iterations": iterations, "log_every": 1})
+    if stage.startswith("local"):
+        return make_config(profile, speed=speed, global_={"iterations": 1},
+                           local={"iterations": iterations, "log_every": 1})
+    return make_config(profile, speed=speed, finetune={"iterations": iterations, "log_every": 1, "eval_every": 10**9})
+
+
+def run_stage(stage: str, cfg, split, device) -> tuple[list[dict], int]:
+    """Run the real stage function with ``cfg`` (from :func:`stage_config`); returns (history rows, images/step)."""
+    if stage.startswith("global"):
         res = loops.pretrain_global(cfg, split.pool, device=device, progress=False)
-        images = 2 * loops._batch_slices(cfg, strategy)
+        images = 2 * loops._batch_slices(cfg, cfg.global_.strategy)
     elif stage.startswith("local"):
-        cfg = make_config(cfg.profile, global_={"iterations": 1}, local={"iterations": n, "log_every": 1})
         init = loops.pretrain_global(cfg, split.pool, device=device, progress=False)
         res = loops.pretrain_local(cfg, split.pool, init=init, device=device, progress=False)
         images = 2 * loops._batch_slices(cfg, "LR")
     else:
-        cfg = make_config(cfg.profile, finetune={"iterations": n, "log_every": 1, "eval_every": 10**9})
         res = loops.finetune(cfg, split.pool[:2], [], device=device, progress=False)
         images = cfg.finetune.batch_size
-    return _step_seconds(res.history, images, warmup), images, cfg
+    return res.history, images
+
+
+def _run_stage(stage: str, cfg, split, device, warmup: int, steps: int):
+    """Run the real stage; returns (seconds per step, images per step, config)."""
+    cfg = stage_config(stage, cfg.profile, warmup + steps, dataclasses.asdict(cfg.speed))
+    history, images = run_stage(stage, cfg, split, device)
+    return _step_seconds(history, images, warmup), images, cfg
 
 
 def _floor(stage: str, cfg, device, images: int) -> float:
-    """Forward + backward of the stage's modules on a fixed batch already on the device."""
+    """Forward + backward of the stage's modules on a fixed batch already on the device, prepared as the stage
+    prepares them (channels_last, torch.compile)."""
     model = loops.build_model(cfg).to(device).train()
     size = cfg.data.size
-    x = torch.randn(images, 1, size, size, device=device)
+    x = loops._input(torch.randn(images, 1, size, size, device=device), cfg)
     if stage.startswith("global"):
         c, h, _ = model.bottleneck_shape
         head = GlobalHead(in_channels=c, spatial=h, mode=cfg.global_.head).to(device)
+        net = loops._prepare(cfg, loops._GlobalEmbedder(model, head), model)
 
         def fn():
-            head(model.encode(x)[-1]).square().mean().backward()
+            with loops._autocast(device):
+                out = net(x)
+            out.float().square().mean().backward()
     elif stage.startswith("local"):
         blocks = cfg.local.decoder_blocks
         head = LocalHead(in_channels=model.decoder_channels(blocks)).to(device)
         for p in model.encoder.parameters():
             p.requires_grad_(False)
         model.encoder.eval()
+        net = loops._prepare(cfg, loops._LocalMaps(model, head, blocks), model)
 
         def fn():
-            with torch.no_grad():
+            with torch.no_grad(), loops._autocast(device):
                 feats = model.encode(x)
-            head(model.decode(feats, n_blocks=blocks)).square().mean().backward()
+            with loops._autocast(device):
+                out = net(feats)
+            out.float().square().mean().backward()
     else:
+        net = loops._prepare(cfg, model)
+
         def fn():
-            model(x).square().mean().backward()
+            with loops._autocast(device):
+                out = net(x)
+            out.float().square().mean().backward()
     return time_call(fn, device, repeats=3)
 
 
@@ -93,29 +121,40 @@ def _peak_mb(stage: str, cfg, split, device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", nargs="+", default=["ci", "cpu"], choices=["ci", "cpu", "gpu"])
+    parser.add_argument("--profiles", nargs="+", default=None, choices=["ci", "cpu", "gpu"],
+                        help="default: gpu on a CUDA device, else ci and cpu")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC layout for network and inputs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the trained modules")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = default_device()
+    if args.profiles is None:
+        args.profiles = ["gpu"] if device.type == "cuda" else ["ci", "cpu"]
+    speed = {"channels_last": args.channels_last, "compile": args.compile}
     torch.manual_seed(0)
     rows = []
     for profile in args.profiles:
-        base = make_config(profile)
+        base = make_config(profile, speed=speed)
         split = prepare_split(base)
         for stage in args.stages:
             step, images, cfg = _run_stage(stage, base, split, device, args.warmup, args.steps)
             floor = _floor(stage, cfg, device, images)
             peak = None if args.no_memory else _peak_mb(stage, base, split, device)
             rows.append([profile, stage, f"{cfg.data.size}px x {images}", f"{step * 1000:.0f}",
-                         f"{images / step:.0f}", f"{floor * 1000:.0f}", f"{max(0.0, 1 - floor / step):.1%}",
-                         "-" if peak is None else f"{peak:.0f}"])
+                         f"{images / step:.0f}", f"{floor * 1000:.0f}", f"{images / floor:.0f}",
+                         f"{max(0.0, 1 - floor / step):.1%}", "-" if peak is None else f"{peak:.0f}"])
             print(" | ".join(rows[-1]), flush=True)
-    print(f"\ndevice: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(format_table(["profile", "stage", "batch", "step ms", "images/s", "floor ms", "outside network",
-                        "peak MB"], rows))
+    precision = autocast_dtype(device)
+    print(f"\ndevice: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"autocast {precision or 'off (fp32)'}, channels_last {args.channels_last}, compile {args.compile}")
+    print(format_table(["profile", "stage", "batch", "step ms", "images/s", "floor ms", "floor images/s",
+                        "outside network", "peak MB"], rows))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,16 @@
 """Command line: ``python -m glcl_core <command>``.
 
 Errors from bad arguments or paths print one line and exit with code 2 (no traceback).
+
+Several GPUs or machines: launch the same command with ``torchrun``, e.g.
+``torchrun --nproc-per-node 4 -m glcl_core pretrain --profile gpu --data PATH --out runs/pre``; rank 0 prints and
+writes the run folder (see :mod:`glcl_core.distributed`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +40,18 @@ def _config(args: argparse.Namespace, **overrides):
     data = {"path": str(_existing(args.data)) if args.data else None}
     if getattr(args, "channel", None) is not None:
         data["channel"] = args.channel
+    if hasattr(args, "compile"):
+        overrides["speed"] = {"compile": args.compile, "channels_last": args.channels_last}
     return make_config(args.profile, seed=args.seed, data=data, **overrides)
+
+
+def _split(cfg):
+    """The data split; under torchrun rank 0 builds any data cache before the other ranks read it."""
+    from glcl_core.distributed import main_first
+    from glcl_core.experiment import prepare_split
+
+    with main_first():
+        return prepare_split(cfg)
 
 
 def _cmd_data(args: argparse.Namespace) -> None:
@@ -53,7 +70,6 @@ def _cmd_main(args: argparse.Namespace) -> None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> None:
-    from glcl_core.experiment import prepare_split
     from glcl_core.train.loops import pretrain_global, pretrain_local
 
     overrides: dict = {"global_": {"strategy": args.strategy}}
@@ -64,15 +80,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         if args.local:
             overrides["local"]["iterations"] = args.iterations
     cfg = _config(args, **overrides)
-    split = prepare_split(cfg)
+    split = _split(cfg)
     name = args.strategy + (f"+{args.local}" if args.local else "")
     out = Path(args.out or f"runs/pretrain-{name}")
     print(f"pre-training {name} on the training pool ({split}) -> {out}")
     g = pretrain_global(cfg, split.pool, out=out / "global", resume=args.resume, overwrite=args.overwrite)
     print(f"global stage: last loss {g.history['loss'].iloc[-1]:.4f}; weights {out / 'global' / 'final.pt'}")
     if args.local:
-        loc = pretrain_local(cfg, split.pool, init=out / "global" / "final.pt", out=out / "local",
-                             resume=args.resume, overwrite=args.overwrite)
+        # init from the stage's weights in memory (the same as global/final.pt, and on every rank without a shared disk)
+        loc = pretrain_local(cfg, split.pool, init=g, out=out / "local", resume=args.resume, overwrite=args.overwrite)
         print(f"local stage: last loss {loc.history['loss'].iloc[-1]:.4f}; weights {out / 'local' / 'final.pt'}")
 
 
@@ -83,7 +99,8 @@ def _print_scores(scores, n_test: int) -> None:
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from glcl_core.data.split import draw_labelled
-    from glcl_core.experiment import class_names_of, prepare_split
+    from glcl_core.distributed import is_main
+    from glcl_core.experiment import class_names_of
     from glcl_core.train.loops import evaluate, finetune
 
     overrides: dict = {"finetune": {"n_labelled": args.n_labelled}}
@@ -91,11 +108,13 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         overrides["finetune"]["iterations"] = args.iterations
     init = _existing(args.init) if args.init else None
     cfg = _config(args, **overrides)
-    split = prepare_split(cfg)
+    split = _split(cfg)
     labelled = draw_labelled(split.pool, args.n_labelled, args.seed)
     out = Path(args.out or f"runs/finetune-n{args.n_labelled}-s{args.seed}")
     print(f"fine-tuning on {[v.name for v in labelled]} from {init or 'random init'} -> {out}")
     result = finetune(cfg, labelled, split.val, init=init, out=out, resume=args.resume, overwrite=args.overwrite)
+    if not is_main():  # every rank holds the same weights: rank 0 tests and writes
+        return
     scores = evaluate(result.model, split.test, n_classes=cfg.model.n_classes, class_names=class_names_of(cfg))
     scores.to_csv(out / "metrics.csv", index=False)
     _print_scores(scores, len(split.test))
@@ -103,10 +122,13 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from glcl_core.experiment import class_names_of, prepare_split
+    from glcl_core.distributed import is_main
     from glcl_core.train.checkpoint import load_checkpoint
     from glcl_core.train.loops import build_model, evaluate
 
     ckpt_path = _existing(args.checkpoint)
+    if not is_main():  # nothing to share out: rank 0 evaluates
+        return
     cfg = _config(args)
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(cfg)
@@ -132,6 +154,11 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     summary = per_seed.groupby(["strategy", "n_labelled"]).agg(["mean", "std", "count"]).round(3)
     print(summary.to_string())
     print(f"results: {out / 'results.csv'}")
+
+
+def _speed_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster convolutions on GPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained modules (slow first steps)")
 
 
 def _positive_int(text: str) -> int:
@@ -166,10 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="global pre-training (encoder + g1), optionally then local (decoder + g2)")
     _common(p, "run folder (default runs/pretrain-STRATEGY)")
     p.add_argument("--strategy", choices=GLOBAL_CHOICES, default="GD")
-    p.add_argument("--local", choices=LOCAL_CHOICES, default=None, help="also run the local stage")
+    # --local-strategy: the same under torchrun, whose own parser takes --local for an abbreviation of its options
+    p.add_argument("--local", "--local-strategy", dest="local", choices=LOCAL_CHOICES, default=None,
+                   help="also run the local stage")
     p.add_argument("--iterations", type=_positive_int, default=None, help="override the profile's iterations")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    _speed_flags(p)
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("finetune", help="fine-tune with n labelled volumes, select on validation, test")
@@ -179,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=_positive_int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--overwrite", action="store_true")
+    _speed_flags(p)
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("evaluate", help="3D Dice of a fine-tuned checkpoint on the test volumes")
@@ -191,23 +222,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inits", nargs="+", choices=INIT_CHOICES, default=list(INIT_CHOICES))
     p.add_argument("--n-labelled", nargs="+", type=_positive_int, default=[1, 2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    _speed_flags(p)
     p.set_defaults(func=_cmd_experiment)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse itself exits with code 2 on bad arguments
+    from glcl_core import distributed
     from glcl_core.data import DataError
     from glcl_core.train.checkpoint import RunExistsError
 
+    # joins torchrun's process group (a no-op unless launched by torchrun with several processes)
+    joined = not distributed.is_distributed() and distributed.init_distributed()
+    # under torchrun only rank 0 prints (errors still reach stderr from every rank)
+    quiet = open(os.devnull, "w") if not distributed.is_main() else None
     try:
-        args.func(args)
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            args.func(args)
     except (CLIError, DataError, RunExistsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # configuration problems (too few volumes, unknown fields, ...)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if quiet is not None:
+            quiet.close()
+        if joined:
+            distributed.cleanup()
     return 0
 
 

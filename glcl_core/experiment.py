@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from glcl_core import distributed
 from glcl_core.data import load_volumes
 from glcl_core.data.split import Split, draw_labelled, split_volumes
 from glcl_core.data.volume import Volume
-from glcl_core.train.config import RunConfig
+from glcl_core.train.config import RUNTIME_PARTS, RunConfig
 
 # name -> (global strategy or None, local strategy or None). "PCL+LR" is a combination neither paper ran.
 INITIALISATIONS: dict[str, tuple[str | None, str | None]] = {
@@ -85,19 +86,24 @@ def pretrain(init: str, cfg: RunConfig, pool: list[Volume], out: Path, progress:
     if global_strategy is None:
         return Pretrained(init, None)
     global_dir = out / "pretrain" / global_strategy
-    if not (global_dir / "final.pt").exists():
+    if not _exists_on_main(global_dir / "final.pt"):
         gcfg = RunConfig.from_dict(cfg.to_dict())
         gcfg.global_.strategy = global_strategy
         pretrain_global(gcfg, pool, out=global_dir, resume=True, progress=progress)
     if local_strategy is None:
         return Pretrained(init, global_dir / "final.pt")
     local_dir = out / "pretrain" / init
-    if not (local_dir / "final.pt").exists():
+    if not _exists_on_main(local_dir / "final.pt"):
         lcfg = RunConfig.from_dict(cfg.to_dict())
         lcfg.global_.strategy = global_strategy
         lcfg.local.strategy = local_strategy
         pretrain_local(lcfg, pool, init=global_dir / "final.pt", out=local_dir, resume=True, progress=progress)
     return Pretrained(init, local_dir / "final.pt")
+
+
+def _exists_on_main(path: Path) -> bool:
+    """Whether rank 0 sees ``path`` (every rank takes the same branch under torchrun)."""
+    return distributed.broadcast_object(path.exists() if distributed.is_main() else None)
 
 
 def finished_cells(csv_path: Path) -> set[tuple[str, int, int]]:
@@ -148,12 +154,15 @@ def run_experiment(
         if init not in INITIALISATIONS:
             raise ValueError(f"unknown initialisation {init!r}; choose from {', '.join(INITIALISATIONS)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _record_grid(out, cfg, inits, n_labelled, seeds)
+    # under torchrun rank 0 owns the folder and the CSV; the other ranks train in lockstep and write nothing
+    main = distributed.is_main()
+    distributed.run_on_main(lambda: _record_grid(out, cfg, inits, n_labelled, seeds))
     csv_path = out / "results.csv"
-    done = finished_cells(csv_path)
-    split = prepare_split(cfg)
+    done = distributed.broadcast_object(finished_cells(csv_path) if main else None)
+    with distributed.main_first():
+        split = prepare_split(cfg)
     names = class_names_of(cfg)
+    log = log if main else (lambda *_: None)
     log(f"experiment: {split}; {len(inits)} initialisations x {n_labelled} labelled x seeds {seeds}; "
         f"{len(done)} cells already done -> {csv_path}")
     for init in inits:
@@ -172,6 +181,8 @@ def run_experiment(
             run_dir = out / "finetune" / init / f"n{n}_s{seed}"
             result = finetune(fcfg, labelled, split.val, init=weights.checkpoint, out=run_dir, resume=True,
                               progress=progress)
+            if not main:  # every rank holds the same weights: rank 0 tests and records
+                continue
             scores = evaluate(result.model, split.test, n_classes=cfg.model.n_classes, class_names=names)
             rows = [{"method": method_of(init), "strategy": init, "n_labelled": n, "seed": seed,
                      "volume": r["volume"], "class": r["class"], "dice": r["dice"]} for r in scores.to_dict("records")]
@@ -180,18 +191,27 @@ def run_experiment(
             log(f"  {init} n={n} seed={seed}: mean test Dice {scores['dice'].mean():.3f} "
                 f"(val {result.extra['best_val_dice']:.3f} at step {result.extra['best_step']}, "
                 f"{time.perf_counter() - t0:.1f} s)")
+    distributed.barrier()
     return pd.read_csv(csv_path)
 
 
 def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[int], seeds: list[int]) -> None:
-    """Keep the grid's configuration beside its results; refuse to mix results of different configurations."""
+    """Keep the grid's configuration beside its results; refuse to mix results of different configurations
+    (speed settings may differ)."""
     spec = {"config": json.loads(json.dumps(cfg.to_dict())), "inits": inits, "n_labelled": n_labelled, "seeds": seeds}
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "experiment.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved["config"] != spec["config"]:
+        if _results_config(saved["config"]) != _results_config(spec["config"]):
             raise ValueError(f"{path}: this folder holds a grid run with another configuration; use a new --out")
         # a later call may widen the grid; keep the union
         for key in ("inits", "n_labelled", "seeds"):
             spec[key] = list(dict.fromkeys(saved[key] + spec[key]))
     path.write_text(json.dumps(spec, indent=2) + "\n")
+
+
+def _results_config(config: dict) -> dict:
+    """A saved config as JSON data, with defaults for parts it predates, without the speed settings."""
+    full = json.loads(json.dumps(RunConfig.from_dict(config).to_dict()))
+    return {k: v for k, v in full.items() if k not in RUNTIME_PARTS}

@@ -5,6 +5,12 @@ to the device and augments there). All slices are stacked once into one tensor, 
 Each sampler is an infinite iterator with ``sample()`` for one batch, deterministic for a given seed, and
 ``state_dict()`` / ``load_state_dict()`` so that a resumed run draws exactly the batches it would have drawn.
 
+Several processes (:mod:`glcl_core.distributed`): ``sampler.shard(rank, world_size)`` makes each rank return only
+its part of every global batch. All ranks draw the same global batch from the same seed and keep disjoint
+contiguous parts of it (whole volumes for :class:`PartitionSampler`; parts differ by at most one slice or volume
+when the batch does not divide evenly), so the union over ranks is exactly the batch a single process would draw,
+and the saved state is the same on every rank.
+
 * :class:`RandomSliceSampler` - G^R and PCL: ``batch_size`` distinct slices drawn from all volumes.
 * :class:`PartitionSampler` - G^D-, G^D, L^D: ``n_volumes`` distinct volumes x one slice per partition.
 * :class:`LabelledSliceSampler` - fine-tuning: random labelled slices, optionally enriched in foreground.
@@ -70,6 +76,7 @@ class _SliceSampler:
             self.slice_partition = torch.from_numpy(np.concatenate([v.partitions(n_partitions) for v in volumes]))
         self.generator = torch.Generator().manual_seed(self.seed)
         self.batches_drawn = 0
+        self.rank, self.world_size = 0, 1
 
     @property
     def n_slices(self) -> int:
@@ -93,9 +100,42 @@ class _SliceSampler:
     def _draw(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _shard_units(self) -> tuple[str, int]:
+        """``(setting, count)``: the units of a global batch that are dealt out to ranks (here: slices)."""
+        return "batch_size", int(self.batch_size)  # type: ignore[attr-defined]
+
+    def shard(self, rank: int, world_size: int) -> "_SliceSampler":
+        """Return only rank ``rank``'s part of each global batch; returns self.
+
+        The units of a global batch (``batch_size`` slices, or the ``n_volumes`` volumes of a partition batch) are
+        dealt in contiguous runs whose sizes differ by at most one (equal when they divide evenly, the fast case);
+        every rank needs at least one.
+        """
+        rank, world_size = int(rank), int(world_size)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        name, count = self._shard_units()
+        if count < world_size:
+            raise ValueError(
+                f"{type(self).__name__}: {name}={count} cannot be shared among {world_size} processes "
+                f"(each needs at least one); use {name} >= {world_size}"
+            )
+        self.rank, self.world_size = rank, world_size
+        return self
+
+    def shard_bounds(self) -> tuple[int, int]:
+        """This rank's units ``[lo, hi)`` of a global batch (all of them before :meth:`shard`)."""
+        _, count = self._shard_units()
+        return self.rank * count // self.world_size, (self.rank + 1) * count // self.world_size
+
     def sample(self) -> Batch:
-        """The next batch (advances the random state)."""
-        batch = self._gather(self._draw())
+        """The next batch (advances the random state); this rank's part of it after :meth:`shard`."""
+        index = self._draw()
+        if self.world_size > 1:
+            rows = index.numel() // self._shard_units()[1]  # rows per unit: 1, or S for a volume's partitions
+            lo, hi = self.shard_bounds()
+            index = index[lo * rows:hi * rows]
+        batch = self._gather(index)
         self.batches_drawn += 1
         return batch
 
@@ -191,6 +231,9 @@ class PartitionSampler(_SliceSampler):
         counts = self.partition_count[chosen]
         within = torch.minimum((u * counts).long(), counts - 1)
         return (self.partition_start[chosen] + within).reshape(-1)
+
+    def _shard_units(self) -> tuple[str, int]:
+        return "n_volumes", self.n_volumes  # a volume's S slices stay on one rank
 
     def _fingerprint(self) -> dict:
         return {**super()._fingerprint(), "n_volumes_per_batch": self.n_volumes, "n_partitions": self.n_partitions}

@@ -1,6 +1,6 @@
 """Training: configuration and profiles, the three stages, evaluation, checkpoints."""
 from glcl_core.train.config import (
-    DataConfig, FinetuneConfig, GlobalConfig, LocalConfig, ModelConfig, RunConfig, make_config,
+    DataConfig, FinetuneConfig, GlobalConfig, LocalConfig, ModelConfig, RunConfig, SpeedConfig, make_config,
 )
 from glcl_core.train.loops import (
     StageResult, build_model, evaluate, finetune, predict_volume, pretrain_global, pretrain_local,
@@ -8,7 +8,8 @@ from glcl_core.train.loops import (
 )
 
 __all__ = [
-    "DataConfig", "FinetuneConfig", "GlobalConfig", "LocalConfig", "ModelConfig", "RunConfig", "make_config",
+    "DataConfig", "FinetuneConfig", "GlobalConfig", "LocalConfig", "ModelConfig", "RunConfig", "SpeedConfig",
+    "make_config",
     "StageResult", "build_model", "evaluate", "finetune", "predict_volume", "pretrain_global", "pretrain_local",
     "segmentation_loss",
 ]

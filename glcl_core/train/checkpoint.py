@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from glcl_core.train.config import RunConfig
+from glcl_core.train.config import RUNTIME_PARTS, RunConfig
 
 
 class RunExistsError(FileExistsError):
@@ -33,7 +33,7 @@ def prepare_run_dir(out: str | Path, cfg: RunConfig, resume: bool = False, overw
         if resume:
             saved = RunConfig.from_json(config_file).to_dict()
             wanted = cfg.to_dict()
-            if _without_iterations(saved) != _without_iterations(wanted):
+            if comparable(saved) != comparable(wanted):
                 raise ValueError(f"{config_file}: cannot resume, the saved configuration differs from this one")
         elif overwrite:
             shutil.rmtree(out)
@@ -44,8 +44,9 @@ def prepare_run_dir(out: str | Path, cfg: RunConfig, resume: bool = False, overw
     return out
 
 
-def _without_iterations(d: dict[str, Any]) -> dict[str, Any]:
-    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+def comparable(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without what may change when a run resumes: iteration counts and speed settings."""
+    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items() if k not in RUNTIME_PARTS}
     for part in ("global_", "local", "finetune"):
         d[part].pop("iterations", None)
     return d

@@ -90,6 +90,23 @@ class FinetuneConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """How fast, not what: GPU speed options that leave the computation unchanged (up to rounding).
+
+    ``channels_last``: NHWC memory layout for the network and its inputs (faster convolutions on tensor cores).
+    ``compile``: ``torch.compile`` the trained modules (slow first steps, faster afterwards; needs a C++ compiler,
+    and Triton on GPU). Mixed precision (bf16/fp16) follows the device, see :mod:`glcl_core.device`.
+    """
+
+    channels_last: bool = False
+    compile: bool = False
+
+
+# Parts that change speed but not results: ignored when a run is resumed or a grid re-opened with other values.
+RUNTIME_PARTS = ("speed",)
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs. ``stage`` says which part is used; the rest is kept for the record."""
 
@@ -100,6 +117,7 @@ class RunConfig:
     global_: GlobalConfig = field(default_factory=GlobalConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +133,7 @@ class RunConfig:
             "global_": GlobalConfig,
             "local": LocalConfig,
             "finetune": FinetuneConfig,
+            "speed": SpeedConfig,  # absent from configs written before it existed: defaults
         }
         kwargs: dict[str, Any] = {k: v for k, v in d.items() if k not in parts}
         for key, klass in parts.items():

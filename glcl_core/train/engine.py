@@ -3,6 +3,9 @@
 A stage supplies a ``step()`` function (one optimisation step, returning its metrics) and the objects whose state
 must survive an interruption (modules, optimiser, sampler, random generator). The loop saves and restores exactly
 those, so on CPU with a fixed seed an interrupted and resumed run ends with the weights of an uninterrupted one.
+
+Under torchrun every rank runs the loop in lockstep; only rank 0 writes ``last.pt`` and ``history.csv`` and shows a
+progress bar, and on resume rank 0 reads ``last.pt`` and sends it to the others (no shared disk needed).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from glcl_core import distributed
 from glcl_core.train.checkpoint import load_checkpoint, save_checkpoint, write_history
 
 
@@ -25,16 +29,33 @@ class Stateful(Protocol):
 
 
 class GeneratorState:
-    """Adapts a ``torch.Generator`` to the state_dict protocol."""
+    """Adapts a ``torch.Generator`` to the state_dict protocol.
+
+    Under torchrun each rank has its own generator (e.g. for augmentation): ``state_dict`` (a collective, called on
+    every rank) also keeps every rank's state under ``"ranks"``, and each rank restores its own. Resumed with another
+    number of processes, ranks > 0 derive a fresh stream from rank 0's state.
+    """
 
     def __init__(self, generator: torch.Generator):
         self.generator = generator
 
     def state_dict(self) -> dict[str, Any]:
-        return {"state": self.generator.get_state()}
+        state = self.generator.get_state()
+        if not distributed.is_distributed():
+            return {"state": state}
+        ranks = distributed.all_gather_object(state)
+        return {"state": ranks[0], "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        ranks = state.get("ranks")
+        r = distributed.rank()
+        if ranks is not None and len(ranks) == distributed.world_size():
+            self.generator.set_state(ranks[r])
+            return
         self.generator.set_state(state["state"])
+        if r > 0:
+            seed = int(torch.randint(2**62, (1,), generator=self.generator))
+            self.generator.manual_seed(seed + r)
 
 
 @dataclass
@@ -71,8 +92,11 @@ def run_loop(
     history: list[dict[str, Any]] = []
     start = 0
     last = out / "last.pt" if out is not None else None
-    if resume and last is not None and last.exists():
-        ckpt = load_checkpoint(last)
+    writer = distributed.is_main()  # under torchrun only rank 0 touches the run folder
+    ckpt = None
+    if resume and last is not None:
+        ckpt = distributed.broadcast_object(load_checkpoint(last) if writer and last.exists() else None)
+    if ckpt is not None:
         for key, obj in stateful.items():
             obj.load_state_dict(ckpt["state"][key])
         history = list(ckpt["history"])
@@ -83,16 +107,17 @@ def run_loop(
     def save(steps_done: int) -> None:
         if last is None:
             return
-        state = {
+        state = {  # on every rank: a state_dict may be a collective (GeneratorState)
             "state": {key: obj.state_dict() for key, obj in stateful.items()},
             "history": history,
             "step": steps_done,
             "extra": on_checkpoint() if on_checkpoint is not None else {},
         }
-        save_checkpoint(last, state)
-        write_history(out / "history.csv", history)
+        if writer:
+            save_checkpoint(last, state)
+            write_history(out / "history.csv", history)
 
-    bar = _progress_bar(total=iterations, initial=start, desc=desc, enabled=progress)
+    bar = _progress_bar(total=iterations, initial=start, desc=desc, enabled=progress if writer else False)
     t_start = time.perf_counter()
     t_window, images_window = time.perf_counter(), 0
     for i in range(start, iterations):

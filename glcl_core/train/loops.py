@@ -3,6 +3,11 @@
 Data flows one way: volumes -> sampler (CPU) -> batch on the device -> paired views -> model -> head -> loss.
 Each stage function returns a :class:`StageResult` with the trained modules and a history table, and (when ``out``
 is given) leaves a run folder with ``config.json``, ``history.csv`` and checkpoints.
+
+Under ``torchrun`` (:mod:`glcl_core.distributed`) the same functions train data-parallel: each rank draws its part
+of the global batch, the trained modules are wrapped in DistributedDataParallel with batch norm over the global
+batch, embeddings and metadata are gathered before the loss (masks and loss of the global batch, exact gradients),
+and only rank 0 writes the run folder (its ``StageResult.out``; None on the other ranks).
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from glcl_core import distributed
 from glcl_core.augment import augment_pair, make_views
+from glcl_core.batch import Batch
 from glcl_core.data.volume import Volume
 from glcl_core.device import autocast_dtype, default_device
 from glcl_core.models import GlobalHead, LocalHead, UNet, load_pretrained
@@ -53,9 +60,68 @@ def build_model(cfg: RunConfig, n_classes: int | None = None) -> UNet:
 
 
 def _seed_everything(seed: int) -> torch.Generator:
-    """Seed torch's global RNG (weight init) and return the generator used for augmentation."""
+    """Seed torch's global RNG (weight init, the same on every rank) and return the generator used for
+    augmentation (its own stream on each rank; rank 0's is the single-process one)."""
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed + 1_000_003)
+    return torch.Generator().manual_seed(seed + 1_000_003 + 7_919 * distributed.rank())
+
+
+def _run_dir(out: str | Path | None, cfg: RunConfig, resume: bool, overwrite: bool) -> Path | None:
+    """The run folder, prepared by rank 0 only (its errors are raised on every rank); the same path on all ranks."""
+    if out is None:
+        return None
+    distributed.run_on_main(lambda: prepare_run_dir(out, cfg, resume, overwrite))
+    return Path(out)
+
+
+def _save_final(out_dir: Path | None, state: dict[str, Any]) -> Path | None:
+    """Rank 0 writes ``final.pt``; returns what a rank's :class:`StageResult` reports as ``out`` (None but on 0)."""
+    if out_dir is None:
+        return None
+    if distributed.is_main():
+        save_checkpoint(out_dir / "final.pt", state)
+    distributed.barrier()  # a rank that reads final.pt next (shared disk) finds it complete
+    return out_dir if distributed.is_main() else None
+
+
+def _prepare(cfg: RunConfig, trained: torch.nn.Module, *others: torch.nn.Module) -> torch.nn.Module:
+    """The module a step calls: channels_last (all modules), DDP across ranks (the trained module, with batch norm
+    over the global batch), ``torch.compile``, as ``cfg.speed`` asks. In a plain single-process run: ``trained``."""
+    if cfg.speed.channels_last:
+        for module in (trained, *others):
+            module.to(memory_format=torch.channels_last)
+    net = distributed.wrap_ddp(trained)
+    if cfg.speed.compile:
+        net = torch.compile(net)
+    return net
+
+
+def _input(x: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cfg.speed.channels_last else x
+
+
+class _GlobalEmbedder(torch.nn.Module):
+    """g1(encoder(x)): the modules global pre-training trains, as one module (DDP sees only these parameters)."""
+
+    def __init__(self, model: UNet, head: torch.nn.Module):
+        super().__init__()
+        self.encoder, self.head = model.encoder, head
+        self._encode = model.encode  # input checks, then self.encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self._encode(x)[-1])
+
+
+class _LocalMaps(torch.nn.Module):
+    """g2(first decoder blocks(features)): the modules local pre-training trains, as one module."""
+
+    def __init__(self, model: UNet, head: torch.nn.Module, n_blocks: int):
+        super().__init__()
+        self.blocks, self.head, self.n_blocks = model.decoder[:n_blocks], head, n_blocks
+        self._decode = model.decode  # runs self.blocks
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self._decode(features, n_blocks=self.n_blocks))
 
 
 def _autocast(device: torch.device):
@@ -126,7 +192,7 @@ def pretrain_global(
     if g.strategy not in GLOBAL_STRATEGIES:
         raise ValueError(f"unknown global strategy {g.strategy!r}; choose one of {', '.join(GLOBAL_STRATEGIES)}")
     device = torch.device(device) if device is not None else default_device()
-    out_dir = prepare_run_dir(out, cfg, resume, overwrite) if out is not None else None
+    out_dir = _run_dir(out, cfg, resume, overwrite)
 
     aug_gen = _seed_everything(cfg.seed)
     model = build_model(cfg).to(device)
@@ -137,6 +203,8 @@ def pretrain_global(
     else:
         sampler = RandomSliceSampler(volumes, batch_size=g.batch_size, seed=cfg.seed,
                                      n_partitions=cfg.data.n_partitions)
+    sampler.shard(distributed.rank(), distributed.world_size())
+    embed = _prepare(cfg, _GlobalEmbedder(model, head), model)
     params = list(model.encoder.parameters()) + list(head.parameters())
     optimiser = _adam(params, g.lr)
     scaler = _grad_scaler(device)
@@ -146,9 +214,7 @@ def pretrain_global(
     def step(_: int) -> dict[str, float]:
         batch = sampler.sample().to(device, non_blocking=True)
         views = make_views(batch, aug_gen, stage="global")
-        with _autocast(device):
-            z = head(model.encode(views.images)[-1])
-        loss = global_loss(z.float(), views, g.strategy, temperature=g.temperature, threshold=g.threshold)
+        loss = _global_views_loss(embed, views, cfg)
         _optimiser_step(loss, optimiser, scaler)
         return {"loss": loss.item()}
 
@@ -160,11 +226,46 @@ def pretrain_global(
         log_every=g.log_every, images_per_step=2 * _batch_slices(cfg, g.strategy),
         desc=f"global {g.strategy}", progress=progress,
     )
-    if out_dir is not None:
-        save_checkpoint(out_dir / "final.pt", {"model": model.state_dict(), "head": head.state_dict(),
-                                               "stage": "global", "strategy": g.strategy})
+    out_dir = _save_final(out_dir, {"model": model.state_dict(), "head": head.state_dict(),
+                                    "stage": "global", "strategy": g.strategy})
     return StageResult(model, head, _history_table(result.history), out_dir,
                        {"seconds": result.seconds, "stage": "global"})
+
+
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (the loss's precision under autocast); float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _global_views_loss(embed: torch.nn.Module, views: Batch, cfg: RunConfig) -> torch.Tensor:
+    """The global loss of ``cfg.global_`` on a batch of views; ``embed``: images -> g1 embeddings.
+
+    Under torchrun: of the global batch, from every rank's embeddings (gradients flow to the local slice) and
+    metadata."""
+    g = cfg.global_
+    with _autocast(views.images.device):
+        z = embed(_input(views.images, cfg))
+    z, meta = distributed.gather_with_grad(_full(z)), distributed.gather_metadata(views)
+    return global_loss(z, meta, g.strategy, temperature=g.temperature, threshold=g.threshold)
+
+
+def _local_views_loss(model: UNet, maps_of: torch.nn.Module, batch: Batch, views: Batch,
+                      cfg: RunConfig) -> torch.Tensor:
+    """The local loss of ``cfg.local`` on intensity-only views of ``batch``; ``maps_of``: encoder features -> g2
+    maps (the frozen encoder runs without gradients). Under torchrun: of the global batch, as the global loss."""
+    lc = cfg.local
+    device = views.images.device
+    with torch.no_grad(), _autocast(device):
+        features = model.encode(_input(views.images, cfg))
+    with _autocast(device):
+        maps = maps_of(features)
+    # (B, C, h, w) each: view 1 and view 2 of the same slices
+    maps1, maps2 = (distributed.gather_with_grad(m) for m in _full(maps).chunk(2))
+    meta = distributed.gather_metadata(batch)
+    return local_loss(
+        maps1, maps2, meta["image"], meta["volume"], meta["partition"], strategy=lc.strategy, form=lc.form,
+        region_size=lc.region_size, pooling=lc.pooling, n_negatives=lc.n_negatives, temperature=lc.temperature,
+    )
 
 
 def _batch_slices(cfg: RunConfig, strategy: str) -> int:
@@ -210,7 +311,7 @@ def pretrain_local(
     if lc.strategy not in LOCAL_STRATEGIES:
         raise ValueError(f"unknown local strategy {lc.strategy!r}; choose one of {', '.join(LOCAL_STRATEGIES)}")
     device = torch.device(device) if device is not None else default_device()
-    out_dir = prepare_run_dir(out, cfg, resume, overwrite) if out is not None else None
+    out_dir = _run_dir(out, cfg, resume, overwrite)
 
     aug_gen = _seed_everything(cfg.seed)
     model = build_model(cfg)
@@ -229,6 +330,8 @@ def pretrain_local(
     else:
         sampler = RandomSliceSampler(volumes, batch_size=lc.batch_size, seed=cfg.seed,
                                      n_partitions=cfg.data.n_partitions)
+    sampler.shard(distributed.rank(), distributed.world_size())
+    maps_of = _prepare(cfg, _LocalMaps(model, head, n_blocks), model)
     model.train()
     model.encoder.eval()  # frozen: keep its batch-norm statistics too
     head.train()
@@ -236,16 +339,7 @@ def pretrain_local(
     def step(_: int) -> dict[str, float]:
         batch = sampler.sample().to(device, non_blocking=True)
         views = make_views(batch, aug_gen, stage="local")
-        with torch.no_grad(), _autocast(device):
-            features = model.encode(views.images)
-        with _autocast(device):
-            maps = head(model.decode(features, n_blocks=n_blocks))
-        maps1, maps2 = maps.float().chunk(2)  # (B, C, h, w) each: view 1 and view 2 of the same slices
-        loss = local_loss(
-            maps1, maps2, batch.image, batch.volume, batch.partition, strategy=lc.strategy, form=lc.form,
-            region_size=lc.region_size, pooling=lc.pooling, n_negatives=lc.n_negatives,
-            temperature=lc.temperature,
-        )
+        loss = _local_views_loss(model, maps_of, batch, views, cfg)
         _optimiser_step(loss, optimiser, scaler)
         return {"loss": loss.item()}
 
@@ -257,9 +351,8 @@ def pretrain_local(
         log_every=lc.log_every, images_per_step=2 * _batch_slices(cfg, lc.strategy),
         desc=f"local {lc.strategy}", progress=progress,
     )
-    if out_dir is not None:
-        save_checkpoint(out_dir / "final.pt", {"model": model.state_dict(), "head": head.state_dict(),
-                                               "stage": "local", "strategy": lc.strategy})
+    out_dir = _save_final(out_dir, {"model": model.state_dict(), "head": head.state_dict(),
+                                    "stage": "local", "strategy": lc.strategy})
     return StageResult(model, head, _history_table(result.history), out_dir,
                        {"seconds": result.seconds, "stage": "local"})
 
@@ -268,21 +361,22 @@ def pretrain_local(
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "dice+ce") -> torch.Tensor:
     """Soft Dice over foreground classes (GLCL's loss), optionally plus cross-entropy.
 
-    logits: (B, K, H, W); labels: (B, H, W) int64 in 0..K-1.
+    logits: (B, K, H, W); labels: (B, H, W) int64 in 0..K-1. Under torchrun the Dice sums and the cross-entropy run
+    over the global batch (every rank's share), so every rank holds the single-process loss of that batch.
     """
     if kind not in ("dice", "dice+ce"):
         raise ValueError(f"unknown segmentation loss {kind!r}; choose 'dice' or 'dice+ce'")
-    logits = logits.float()
+    logits = _full(logits)
     n_classes = logits.shape[1]
     probs = logits.softmax(dim=1)
     onehot = F.one_hot(labels, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
     dims = (0, 2, 3)
-    intersection = (probs * onehot).sum(dims)
-    denominator = probs.sum(dims) + onehot.sum(dims)
+    intersection = distributed.all_reduce_with_grad((probs * onehot).sum(dims))
+    denominator = distributed.all_reduce_with_grad(probs.sum(dims) + onehot.sum(dims))
     dice = (2 * intersection + 1e-5) / (denominator + 1e-5)
     loss = 1 - dice[1:].mean()  # foreground classes only
     if kind == "dice+ce":
-        loss = loss + F.cross_entropy(logits, labels)
+        loss = loss + distributed.mean_over_ranks(F.cross_entropy(logits, labels), labels.numel())
     return loss
 
 
@@ -312,7 +406,7 @@ def finetune(
         if int(v.label.max()) >= cfg.model.n_classes:
             raise ValueError(f"{v.source or v.name}: label {int(v.label.max())} >= n_classes={cfg.model.n_classes}")
     device = torch.device(device) if device is not None else default_device()
-    out_dir = prepare_run_dir(out, cfg, resume, overwrite) if out is not None else None
+    out_dir = _run_dir(out, cfg, resume, overwrite)
 
     aug_gen = _seed_everything(cfg.seed)
     model = build_model(cfg)
@@ -324,6 +418,8 @@ def finetune(
         loaded = list(parts)
     model.to(device)
     sampler = LabelledSliceSampler(labelled, batch_size=fc.batch_size, seed=cfg.seed)
+    sampler.shard(distributed.rank(), distributed.world_size())
+    net = _prepare(cfg, model)
     optimiser = _adam(list(model.parameters()), fc.lr)
     scaler = _grad_scaler(device)
     best: dict[str, Any] = {"dice": -1.0, "step": 0, "weights": None}
@@ -333,7 +429,7 @@ def finetune(
         batch = sampler.sample().to(device, non_blocking=True)
         images, labels = augment_pair(batch.images, batch.labels, aug_gen)
         with _autocast(device):
-            logits = model(images)
+            logits = net(_input(images, cfg))
         loss = segmentation_loss(logits, labels, fc.loss)
         _optimiser_step(loss, optimiser, scaler)
         metrics = {"loss": loss.item()}
@@ -360,9 +456,8 @@ def finetune(
     if best["weights"] is not None:  # model selection on validation volumes only
         model.load_state_dict(best["weights"])
     model.eval()
-    if out_dir is not None:
-        save_checkpoint(out_dir / "final.pt", {"model": model.state_dict(), "stage": "finetune",
-                                               "best_step": best["step"], "best_val_dice": best["dice"]})
+    out_dir = _save_final(out_dir, {"model": model.state_dict(), "stage": "finetune",
+                                    "best_step": best["step"], "best_val_dice": best["dice"]})
     history = _history_table(result.history)
     return StageResult(model, None, history, out_dir,
                        {"seconds": result.seconds, "stage": "finetune", "best_step": best["step"],

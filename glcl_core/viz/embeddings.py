@@ -1,0 +1,368 @@
+"""Figures for the global strategies: contrastive masks of a batch, paired views, loss curves, UMAP layouts,
+cross-volume similarity by position, and a PCL threshold explorer (ipywidgets).
+
+Figures are :class:`matplotlib.figure.Figure` objects (no pyplot state), like :mod:`glcl_core.viz.volumes`.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from glcl_core.analysis import batch_table, mask_summary
+from glcl_core.strategies import global_masks
+from glcl_core.viz.volumes import partition_colours
+
+# mask cell states: 0 ignored (neither), 1 negative (denominator only), 2 positive, 3 the anchor itself
+MASK_COLOURS = ListedColormap(["#ffffff", "#b9cfe4", "#d62728", "#222222"])
+MASK_LABELS = ("ignored (neither)", "negative (denominator)", "positive", "anchor itself")
+FALSE_NEGATIVE = "#ff9f1c"
+_KNOWN = ("GR", "GD-", "GD", "PCL", "GD+LR", "GD+LD", "PCL+LR")
+
+
+def strategy_colour(name: str):
+    """One colour per encoder, the same in every figure of the book (random init grey, raw pixels black)."""
+    if name.startswith("random"):
+        return (0.45, 0.45, 0.45, 1.0)
+    if name.startswith("pixels"):
+        return (0.0, 0.0, 0.0, 1.0)
+    base = name.split(" ")[0]
+    index = _KNOWN.index(base) if base in _KNOWN else len(_KNOWN) + sum(map(ord, base)) % 3
+    return colormaps["tab10"](index % 10)
+
+
+# ---------------------------------------------------------------------------------------------------- masks
+def _states(positives, negatives) -> np.ndarray:
+    pos = np.asarray(torch.as_tensor(positives).cpu(), dtype=bool)
+    neg = np.asarray(torch.as_tensor(negatives).cpu(), dtype=bool)
+    state = np.where(pos, 2, np.where(neg, 1, 0))
+    np.fill_diagonal(state, 3)
+    return state
+
+
+def mask_order(meta: pd.DataFrame, sort_by: str = "partition") -> np.ndarray:
+    """Row order for a mask plot: by partition, volume, slice and view (``"partition"``), by position
+    (``"position"``) or as drawn (``"batch"``)."""
+    if sort_by == "batch":
+        return np.arange(len(meta))
+    keys = {"partition": ["partition", "volume", "image", "view"], "position": ["position", "volume", "image", "view"]}
+    if sort_by not in keys:
+        raise ValueError(f"sort_by must be 'partition', 'position' or 'batch', got {sort_by!r}")
+    return meta.sort_values(keys[sort_by], kind="stable").index.to_numpy()
+
+
+def _tick_labels(meta: pd.DataFrame, label_by: str) -> list[str]:
+    if label_by == "partition":
+        return [f"v{v} P{s} {'ab'[w % 2]}" for v, s, w in zip(meta["volume"], meta["partition"], meta["view"])]
+    return [f"v{v} {p:.2f} {'ab'[w % 2]}" for v, p, w in zip(meta["volume"], meta["position"], meta["view"])]
+
+
+def _draw_mask(ax, state: np.ndarray, meta: pd.DataFrame, label_by: str, show_ticks: bool, boundaries: bool,
+               extra: np.ndarray | None = None) -> None:
+    ax.imshow(state, cmap=MASK_COLOURS, vmin=-0.5, vmax=3.5, interpolation="nearest")
+    if extra is not None and extra.any():  # highlighted cells (e.g. PCL positives that G^D calls negatives)
+        ys, xs = np.nonzero(extra)
+        ax.scatter(xs, ys, marker="s", s=max(2.0, 900.0 / len(state)), facecolors="none",
+                   edgecolors=FALSE_NEGATIVE, linewidths=1.2)
+    n = len(state)
+    if boundaries and label_by == "partition":
+        part = meta["partition"].to_numpy()
+        for edge in np.flatnonzero(np.diff(part)) + 0.5:
+            ax.axhline(edge, color="black", lw=0.8)
+            ax.axvline(edge, color="black", lw=0.8)
+    if show_ticks and n <= 64:
+        labels = _tick_labels(meta, label_by)
+        ax.set_yticks(range(n), labels, fontsize=max(4.5, min(7.0, 170.0 / n)))
+        ax.set_xticks(range(n), labels, fontsize=max(4.5, min(7.0, 170.0 / n)), rotation=90)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.tick_params(length=0)
+
+
+def plot_masks(masks: Mapping[str, tuple], metadata, sort_by: str = "partition", label_by: str | None = None,
+               title: str | None = None, fig: Figure | None = None) -> Figure:
+    """Heatmaps of the positive/negative masks of several strategies over one batch, side by side.
+
+    Args:
+        masks: ``name -> (positives, negatives)``, ``(N, N)`` bool (from
+            :func:`~glcl_core.strategies.global_masks`), all over the same batch.
+        metadata: the batch (:class:`~glcl_core.batch.Batch`) or its :func:`~glcl_core.analysis.batch_table`.
+        sort_by: row/column order: ``"partition"`` (partition, volume, view: G^D's positive blocks are squares on
+            the diagonal), ``"position"`` (PCL's positives form a band) or ``"batch"``.
+        label_by: tick labels ``"partition"`` (``v1 P2 a`` = volume 1, partition 2, view a) or ``"position"``
+            (``v1 0.43 b``); default follows ``sort_by``.
+        title: figure title.
+
+    Cells: red = positive pair, light blue = negative (in the denominator only), white = ignored, black = the
+    anchor itself. Row ``i`` is anchor ``i``.
+    """
+    meta = metadata if isinstance(metadata, pd.DataFrame) else batch_table(metadata)
+    if not masks:
+        raise ValueError("no masks to plot")
+    order = mask_order(meta, sort_by)
+    label_by = label_by or ("position" if sort_by == "position" else "partition")
+    sorted_meta = meta.iloc[order].reset_index(drop=True)
+    n_panels = len(masks)
+    side = 3.3 if len(meta) <= 32 else 3.8
+    if fig is None:
+        fig = Figure(figsize=(side * n_panels + 0.8, side + 1.1), layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    for j, (ax, (name, (pos, neg))) in enumerate(zip(axes, masks.items())):
+        state = _states(pos, neg)[np.ix_(order, order)]
+        _draw_mask(ax, state, sorted_meta, label_by, show_ticks=True, boundaries=True)
+        if j:
+            ax.set_yticklabels([])
+        counts = np.bincount(state.ravel(), minlength=4)
+        ax.set_title(f"{name}: {counts[2] / len(state):.1f} pos, {counts[1] / len(state):.1f} neg per anchor",
+                     fontsize=9)
+    handles = [Patch(facecolor=MASK_COLOURS(k), edgecolor="0.5", label=MASK_LABELS[k]) for k in range(4)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------- views
+def plot_views(batch, views, n: int = 4, fig: Figure | None = None) -> Figure:
+    """The first ``n`` slices of a batch (top row) and their two augmented views (rows 2 and 3).
+
+    ``views``: :func:`~glcl_core.augment.make_views` of ``batch`` (all first views, then all second views).
+    """
+    b = len(batch)
+    if len(views) != 2 * b:
+        raise ValueError(f"views must hold 2 x {b} images (make_views of the batch), got {len(views)}")
+    n = int(min(n, b))
+    meta = batch_table(batch)
+    if fig is None:
+        fig = Figure(figsize=(2.0 * n, 6.4), layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(3, n, squeeze=False)
+    rows = [(batch.images, "slice"), (views.images[:b], "view a"), (views.images[b:], "view b")]
+    for r, (images, name) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(images[c, 0].detach().float().cpu().numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name)
+            if r == 0:
+                ax.set_title(f"v{meta['volume'][c]} P{meta['partition'][c]} p={meta['position'][c]:.2f}",
+                             fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------- losses
+def plot_loss_curves(histories: Mapping[str, pd.DataFrame], chance: Mapping[str, float] | None = None,
+                     smooth: int = 1, fig: Figure | None = None) -> Figure:
+    """Training loss against step, one line per run.
+
+    With ``chance`` (``name -> loss at equal similarities``, :func:`~glcl_core.analysis.chance_loss`), each run
+    gets a dashed line at its chance level, and a second panel shows ``loss / chance``: the losses of different
+    strategies have different scales (different numbers of positives and negatives), their ratios to chance can be
+    compared. ``smooth``: rolling-mean window over logged steps.
+    """
+    if not histories:
+        raise ValueError("no histories to plot")
+    panels = 2 if chance else 1
+    if fig is None:
+        fig = Figure(figsize=(5.2 * panels, 3.4), layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for name, history in histories.items():
+        colour = strategy_colour(name)
+        loss = history["loss"].rolling(max(1, int(smooth)), min_periods=1).mean()
+        axes[0].plot(history["step"], loss, color=colour, label=name)
+        if chance and name in chance:
+            axes[0].axhline(chance[name], color=colour, ls="--", lw=0.9)
+            axes[1].plot(history["step"], loss / chance[name], color=colour, label=name)
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("loss" + (" (dashed: chance level)" if chance else ""))
+    axes[0].legend(fontsize=8)
+    if chance:
+        axes[1].axhline(1.0, color="0.5", ls="--", lw=0.9)
+        axes[1].set_xlabel("step")
+        axes[1].set_ylabel("loss / chance level")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------------ UMAP
+def _colour_values(meta: pd.DataFrame, by: str):
+    """(colours per point, legend handles or None, colormap for a colourbar or None)."""
+    if by == "partition":
+        parts = meta["partition"].to_numpy()
+        palette = partition_colours(int(parts.max()) + 1)
+        handles = [Line2D([], [], ls="", marker="o", color=palette[s], label=f"P{s}") for s in np.unique(parts)]
+        return palette[parts], handles, None
+    if by == "volume":
+        names = meta["volume"].astype(str).to_numpy()
+        unique = list(dict.fromkeys(names))
+        cmap = colormaps["tab10" if len(unique) <= 10 else "tab20"]
+        lookup = {u: cmap(i % cmap.N) for i, u in enumerate(unique)}
+        handles = [Line2D([], [], ls="", marker="o", color=lookup[u], label=u) for u in unique]
+        return np.array([lookup[u] for u in names]), handles, None
+    if by == "position":
+        cmap = colormaps["plasma"]
+        return cmap(meta["position"].to_numpy()), None, cmap
+    raise ValueError(f"colour_by entries must be 'partition', 'volume' or 'position', got {by!r}")
+
+
+def plot_umap(layouts: Mapping[str, np.ndarray] | np.ndarray, metadata: pd.DataFrame,
+              colour_by: Sequence[str] | str = ("partition", "volume"), scores: pd.DataFrame | None = None,
+              point_size: float = 9.0, fig: Figure | None = None) -> Figure:
+    """A grid of 2-D layouts: one column per encoder, one row per colouring.
+
+    Args:
+        layouts: ``name -> (N, 2)`` (e.g. :func:`~glcl_core.analysis.umap_2d` of each encoder's embeddings of the
+            same slices) or a single ``(N, 2)`` array.
+        metadata: the slices' table (from :func:`~glcl_core.analysis.embed_slices`).
+        colour_by: ``"partition"`` (ordinal palette), ``"volume"`` (categorical) and/or ``"position"``
+            (continuous, with a colour bar).
+        scores: optional table indexed by encoder name; its ``partition_accuracy`` / ``position_error`` are
+            added to the column titles.
+    """
+    if isinstance(layouts, np.ndarray):
+        layouts = {"": layouts}
+    colour_by = [colour_by] if isinstance(colour_by, str) else list(colour_by)
+    for name, xy in layouts.items():
+        if len(xy) != len(metadata):
+            raise ValueError(f"layout {name!r} has {len(xy)} points but metadata has {len(metadata)} rows")
+    n_cols, n_rows = len(layouts), len(colour_by)
+    if fig is None:
+        fig = Figure(figsize=(2.9 * n_cols + 1.4, 2.8 * n_rows + 0.3), layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r, by in enumerate(colour_by):
+        colours, handles, cmap = _colour_values(metadata, by)
+        for c, (name, xy) in enumerate(layouts.items()):
+            ax = axes[r, c]
+            ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=point_size, linewidths=0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                title = name
+                if scores is not None and name in scores.index:
+                    parts = []
+                    if "partition_accuracy" in scores:
+                        parts.append(f"kNN part. {scores.loc[name, 'partition_accuracy']:.0%}")
+                    if "position_error" in scores:
+                        parts.append(f"|dp| {scores.loc[name, 'position_error']:.3f}")
+                    title += "\n" + ", ".join(parts)
+                ax.set_title(title, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"coloured by {by}")
+        if handles is not None:
+            axes[r, -1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                               frameon=False, handletextpad=0.1)
+        elif cmap is not None:
+            from matplotlib.cm import ScalarMappable
+            from matplotlib.colors import Normalize
+
+            fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes[r, -1], label="position p", shrink=0.8)
+    return fig
+
+
+# ----------------------------------------------------------------------------------- similarity by position
+def plot_position_similarity(maps: Mapping[str, np.ndarray], n_partitions: int | None = None,
+                             threshold: float | None = None, fig: Figure | None = None) -> Figure:
+    """Cross-volume similarity maps (:func:`~glcl_core.analysis.similarity_by_position`), one panel per encoder,
+    each with its own colour scale (2nd to 98th percentile). White lines: partition boundaries ``s / S``. Dashed
+    lines: ``|p_a - p_b| = threshold`` (PCL's positives lie between them)."""
+    if not maps:
+        raise ValueError("no similarity maps to plot")
+    n = len(maps)
+    if fig is None:
+        fig = Figure(figsize=(2.75 * n + 0.3, 3.2), layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (name, m) in zip(axes, maps.items()):
+        finite = m[np.isfinite(m)]
+        lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+        image = ax.imshow(m, origin="lower", extent=(0, 1, 0, 1), cmap="magma", vmin=lo, vmax=hi)
+        if n_partitions:
+            for edge in np.arange(1, int(n_partitions)) / int(n_partitions):
+                ax.axhline(edge, color="white", lw=0.8)
+                ax.axvline(edge, color="white", lw=0.8)
+        if threshold:
+            line = np.array([0.0, 1.0])
+            ax.plot(line, line + threshold, color="cyan", ls="--", lw=0.8)
+            ax.plot(line, line - threshold, color="cyan", ls="--", lw=0.8)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("position of slice a")
+        cbar = fig.colorbar(image, ax=ax, shrink=0.75, pad=0.02)
+        cbar.ax.tick_params(labelsize=6)
+    axes[0].set_ylabel("position of slice b\n(another volume)")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ PCL vs G^D widget
+def plot_threshold_masks(metadata, threshold: float, fig: Figure | None = None) -> Figure:
+    """PCL's masks at ``threshold`` next to G^D's masks on the same batch (sorted by position).
+
+    Orange squares mark pairs of **different volumes** that PCL makes positives (``|dp| < threshold``) while G^D
+    treats them as negatives because a partition boundary lies between them (G^D's false negatives).
+    """
+    meta = metadata if isinstance(metadata, pd.DataFrame) else batch_table(metadata)
+    t = {k: torch.as_tensor(meta[k].to_numpy().copy()) for k in ("image", "volume", "partition", "position")}
+    pcl = global_masks("PCL", t["image"], t["volume"], t["partition"], t["position"], threshold=float(threshold))
+    gd = global_masks("GD", t["image"], t["volume"], t["partition"], t["position"])
+    order = mask_order(meta, "position")
+    sorted_meta = meta.iloc[order].reset_index(drop=True)
+    vol = meta["volume"].to_numpy()
+    conflict = (pcl[0].numpy() & gd[1].numpy() & (vol[:, None] != vol[None, :]))[np.ix_(order, order)]
+    summary = mask_summary({"PCL": pcl, "GD": gd})
+    if fig is None:
+        fig = Figure(figsize=(9.0, 5.9), layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(1, 2)
+    for ax, (name, masks), extra in ((axes[0], ("PCL", pcl), None), (axes[1], ("GD", gd), conflict)):
+        _draw_mask(ax, _states(*masks)[np.ix_(order, order)], sorted_meta, "position", show_ticks=True,
+                   boundaries=False, extra=extra)
+        row = summary.loc[name]
+        label = (f"PCL, threshold {threshold:.2f}" if name == "PCL"
+                 else "GD on the same batch")
+        ax.set_title(f"{label}\n{row['positives']:.1f} positives, {row['negatives']:.1f} negatives per anchor",
+                     fontsize=9)
+    axes[1].set_yticklabels([])
+    handles = [Patch(facecolor=MASK_COLOURS(k), edgecolor="0.5", label=MASK_LABELS[k]) for k in range(4)]
+    handles.append(Patch(facecolor="none", edgecolor=FALSE_NEGATIVE, lw=1.5,
+                         label=f"GD negative, PCL positive ({int(conflict.sum())} pairs)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    return fig
+
+
+def threshold_explorer(metadata, threshold: float = 0.1, max_threshold: float = 0.5) -> widgets.VBox:
+    """A threshold slider redrawing :func:`plot_threshold_masks`. Returns ``VBox([slider, Output])`` with the first
+    frame already drawn (the rendered book shows it)."""
+    from glcl_core.viz.browse import show_in
+
+    meta = metadata if isinstance(metadata, pd.DataFrame) else batch_table(metadata)
+    slider = widgets.FloatSlider(value=float(threshold), min=0.01, max=float(max_threshold), step=0.01,
+                                 description="threshold", readout_format=".2f", continuous_update=False,
+                                 layout=widgets.Layout(width="420px"))
+    output = widgets.Output()
+
+    def render(*_) -> None:
+        show_in(output, plot_threshold_masks(meta, slider.value))
+
+    slider.observe(render, names="value")
+    render()
+    return widgets.VBox([slider, output])
