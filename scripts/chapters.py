@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -152,6 +153,7 @@ def run(paths: list[Path], profile: str, out: Path | None, inplace: bool, timeou
     """Execute chapters with papermill; returns seconds per chapter. Raises on the first failing chapter."""
     import papermill as pm
 
+    os.environ.setdefault("GLCL_PROGRESS", "0")  # no tqdm widgets in saved chapters (their state is not saved)
     times = {}
     for path in paths:
         target = path if inplace else (out / path.name)

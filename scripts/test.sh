@@ -8,5 +8,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   echo "[test] installing headless Chromium (Debian package) for the rendered-book test"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
-export NUMBA_CACHE_DIR="$PWD/.cache/numba" MPLBACKEND=Agg GLCL_PROFILE=ci
+export NUMBA_CACHE_DIR="$PWD/.cache/numba" MPLBACKEND=Agg GLCL_PROFILE=ci GLCL_PROGRESS=0
 .venv/bin/python -m pytest tests book --nbval-lax --nbval-current-env -p no:cacheprovider "$@"

@@ -10,6 +10,7 @@ progress bar, and on resume rank 0 reads ``last.pt`` and sends it to the others 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -145,9 +146,10 @@ def run_loop(
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool | None):
     """A tqdm bar (a widget in notebooks). ``enabled=None``: only in a notebook or an interactive terminal,
-    so logs and CI output stay readable."""
+    so logs and CI output stay readable, and not when ``GLCL_PROGRESS=0`` (set for batch execution of the
+    chapters: a saved notebook keeps no widget state, so a bar would render as an empty box)."""
     if enabled is None:
-        enabled = _in_notebook() or sys.stderr.isatty()
+        enabled = os.environ.get("GLCL_PROGRESS", "1") != "0" and (_in_notebook() or sys.stderr.isatty())
     if not enabled:
         return None
     from tqdm.auto import tqdm

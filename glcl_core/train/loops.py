@@ -30,7 +30,7 @@ from glcl_core.models import GlobalHead, LocalHead, UNet, load_pretrained
 from glcl_core.samplers import LabelledSliceSampler, PartitionSampler, RandomSliceSampler
 from glcl_core.strategies import global_loss, local_loss
 from glcl_core.train.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
-from glcl_core.train.config import GLOBAL_STRATEGIES, LOCAL_STRATEGIES, RunConfig
+from glcl_core.train.config import GLOBAL_STRATEGIES, LOCAL_STRATEGIES, GlobalConfig, LocalConfig, RunConfig
 from glcl_core.train.engine import GeneratorState, run_loop
 
 
@@ -174,6 +174,37 @@ class _ModuleState:
 
 
 # ----------------------------------------------------------------------------------------------- stage 1: global
+def _contrastive_sampler(volumes: list[Volume], cfg: RunConfig, by_partition: bool, n_volumes: int,
+                         batch_size: int) -> "PartitionSampler | RandomSliceSampler":
+    """This rank's share of a pre-training batch: ``n_volumes`` x S partitions (GD-, GD, LD) or random slices."""
+    if by_partition:
+        sampler = PartitionSampler(volumes, n_volumes=n_volumes, n_partitions=cfg.data.n_partitions, seed=cfg.seed)
+    else:
+        sampler = RandomSliceSampler(volumes, batch_size=batch_size, seed=cfg.seed,
+                                     n_partitions=cfg.data.n_partitions)
+    sampler.shard(distributed.rank(), distributed.world_size())
+    return sampler
+
+
+def _run_contrastive_stage(stage: str, stage_cfg: "GlobalConfig | LocalConfig", cfg: RunConfig, step,
+                           model: UNet, head: torch.nn.Module, optimiser: torch.optim.Optimizer, sampler,
+                           aug_gen: torch.Generator, out_dir: Path | None, resume: bool,
+                           progress: bool | None) -> StageResult:
+    """The loop, the final checkpoint and the result, shared by the global and the local stage."""
+    result = run_loop(
+        step,
+        {"model": _ModuleState(model), "head": _ModuleState(head), "optimiser": optimiser,
+         "sampler": sampler, "augment": GeneratorState(aug_gen)},
+        iterations=stage_cfg.iterations, out=out_dir, resume=resume, checkpoint_every=stage_cfg.checkpoint_every,
+        log_every=stage_cfg.log_every, images_per_step=2 * _batch_slices(cfg, stage_cfg.strategy),
+        desc=f"{stage} {stage_cfg.strategy}", progress=progress,
+    )
+    out_dir = _save_final(out_dir, {"model": model.state_dict(), "head": head.state_dict(),
+                                    "stage": stage, "strategy": stage_cfg.strategy})
+    return StageResult(model, head, _history_table(result.history), out_dir,
+                       {"seconds": result.seconds, "stage": stage})
+
+
 def pretrain_global(
     cfg: RunConfig,
     volumes: list[Volume],
@@ -198,12 +229,8 @@ def pretrain_global(
     model = build_model(cfg).to(device)
     c, h, w = model.bottleneck_shape
     head = GlobalHead(in_channels=c, spatial=h, mode=g.head).to(device)
-    if g.strategy in ("GD-", "GD"):
-        sampler = PartitionSampler(volumes, n_volumes=g.n_volumes, n_partitions=cfg.data.n_partitions, seed=cfg.seed)
-    else:
-        sampler = RandomSliceSampler(volumes, batch_size=g.batch_size, seed=cfg.seed,
-                                     n_partitions=cfg.data.n_partitions)
-    sampler.shard(distributed.rank(), distributed.world_size())
+    sampler = _contrastive_sampler(volumes, cfg, by_partition=g.strategy in ("GD-", "GD"),
+                                   n_volumes=g.n_volumes, batch_size=g.batch_size)
     embed = _prepare(cfg, _GlobalEmbedder(model, head), model)
     params = list(model.encoder.parameters()) + list(head.parameters())
     optimiser = _adam(params, g.lr)
@@ -218,18 +245,8 @@ def pretrain_global(
         _optimiser_step(loss, optimiser, scaler)
         return {"loss": loss.item()}
 
-    result = run_loop(
-        step,
-        {"model": _ModuleState(model), "head": _ModuleState(head), "optimiser": optimiser,
-         "sampler": sampler, "augment": GeneratorState(aug_gen)},
-        iterations=g.iterations, out=out_dir, resume=resume, checkpoint_every=g.checkpoint_every,
-        log_every=g.log_every, images_per_step=2 * _batch_slices(cfg, g.strategy),
-        desc=f"global {g.strategy}", progress=progress,
-    )
-    out_dir = _save_final(out_dir, {"model": model.state_dict(), "head": head.state_dict(),
-                                    "stage": "global", "strategy": g.strategy})
-    return StageResult(model, head, _history_table(result.history), out_dir,
-                       {"seconds": result.seconds, "stage": "global"})
+    return _run_contrastive_stage("global", g, cfg, step, model, head, optimiser, sampler, aug_gen,
+                                  out_dir, resume, progress)
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
@@ -325,12 +342,8 @@ def pretrain_local(
     trained = list(model.decoder[:n_blocks].parameters()) + list(head.parameters())
     optimiser = _adam(trained, lc.lr)
     scaler = _grad_scaler(device)
-    if lc.strategy == "LD":
-        sampler = PartitionSampler(volumes, n_volumes=lc.n_volumes, n_partitions=cfg.data.n_partitions, seed=cfg.seed)
-    else:
-        sampler = RandomSliceSampler(volumes, batch_size=lc.batch_size, seed=cfg.seed,
-                                     n_partitions=cfg.data.n_partitions)
-    sampler.shard(distributed.rank(), distributed.world_size())
+    sampler = _contrastive_sampler(volumes, cfg, by_partition=lc.strategy == "LD",
+                                   n_volumes=lc.n_volumes, batch_size=lc.batch_size)
     maps_of = _prepare(cfg, _LocalMaps(model, head, n_blocks), model)
     model.train()
     model.encoder.eval()  # frozen: keep its batch-norm statistics too
@@ -343,18 +356,8 @@ def pretrain_local(
         _optimiser_step(loss, optimiser, scaler)
         return {"loss": loss.item()}
 
-    result = run_loop(
-        step,
-        {"model": _ModuleState(model), "head": _ModuleState(head), "optimiser": optimiser,
-         "sampler": sampler, "augment": GeneratorState(aug_gen)},
-        iterations=lc.iterations, out=out_dir, resume=resume, checkpoint_every=lc.checkpoint_every,
-        log_every=lc.log_every, images_per_step=2 * _batch_slices(cfg, lc.strategy),
-        desc=f"local {lc.strategy}", progress=progress,
-    )
-    out_dir = _save_final(out_dir, {"model": model.state_dict(), "head": head.state_dict(),
-                                    "stage": "local", "strategy": lc.strategy})
-    return StageResult(model, head, _history_table(result.history), out_dir,
-                       {"seconds": result.seconds, "stage": "local"})
+    return _run_contrastive_stage("local", lc, cfg, step, model, head, optimiser, sampler, aug_gen,
+                                  out_dir, resume, progress)
 
 
 # --------------------------------------------------------------------------------------------- stage 3: fine-tune
