@@ -38,8 +38,9 @@ def _config(args: argparse.Namespace, **overrides):
     from glcl_core.train.config import make_config
 
     data = {"path": str(_existing(args.data)) if args.data else None}
-    if getattr(args, "channel", None) is not None:
-        data["channel"] = args.channel
+    for key in ("channel", "n_test", "n_val"):
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
     if hasattr(args, "compile"):
         overrides["speed"] = {"compile": args.compile, "channels_last": args.channels_last}
     return make_config(args.profile, seed=args.seed, data=data, **overrides)
@@ -161,6 +162,13 @@ def _speed_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the trained modules (slow first steps)")
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -172,6 +180,10 @@ def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--data", default=None, metavar="PATH",
                    help="Decathlon, ACDC or image/label folder (default: the embedded data set)")
     p.add_argument("--channel", type=int, default=None, help="image channel of multi-channel data (default 0)")
+    p.add_argument("--n-test", type=_non_negative_int, default=None, metavar="N",
+                   help="volumes held out for testing (default 6)")
+    p.add_argument("--n-val", type=_non_negative_int, default=None, metavar="N",
+                   help="volumes for model selection (default 2)")
     p.add_argument("--profile", choices=PROFILES, default=None,
                    help="ci (seconds), cpu (minutes), gpu (paper scale); default from GLCL_PROFILE, else the device")
     p.add_argument("--out", default=None, metavar="PATH", help=out_help)

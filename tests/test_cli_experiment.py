@@ -114,3 +114,30 @@ def test_labelled_draws_differ_by_seed(ci_split):
     assert a != b and a == [v.name for v in draw_labelled(ci_split.pool, 2, 0)]
     test_names = {v.name for v in ci_split.test}
     assert not test_names & {v.name for v in ci_split.pool + ci_split.val}
+
+
+def test_cli_small_folder_needs_explicit_split(tmp_path, capsys):
+    """A folder with fewer volumes than the default split holds: a one-line error, then --n-test/--n-val fix it."""
+    import json
+    import shutil
+
+    from glcl_core.data import embedded_dataset
+
+    source = embedded_dataset()
+    meta = json.loads((source / "dataset.json").read_text())
+    small = tmp_path / "Task99_Small"
+    (small / "imagesTr").mkdir(parents=True)
+    (small / "labelsTr").mkdir()
+    meta["training"] = meta["training"][:5]
+    meta["numTraining"] = 5
+    for pair in meta["training"]:
+        for key in ("image", "label"):
+            shutil.copy(source / pair[key], small / pair[key])
+    (small / "dataset.json").write_text(json.dumps(meta))
+
+    assert main(["pretrain", "--profile", "ci", "--data", str(small), "--out", str(tmp_path / "a")]) == 2
+    assert "5 volumes cannot be split into 6 test" in capsys.readouterr().err
+    assert main(["pretrain", "--profile", "ci", "--data", str(small), "--n-test", "1", "--n-val", "1",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert "Split(pool=3, val=1, test=1)" in capsys.readouterr().out
+    assert (tmp_path / "b" / "global" / "final.pt").is_file()
