@@ -17,7 +17,7 @@ from glcl_core import distributed
 from glcl_core.data import load_volumes
 from glcl_core.data.split import Split, draw_labelled, split_volumes
 from glcl_core.data.volume import Volume
-from glcl_core.train.config import RUNTIME_PARTS, RunConfig
+from glcl_core.train.config import RunConfig
 
 # name -> (global strategy or None, local strategy or None). "PCL+LR" is a combination neither paper ran.
 INITIALISATIONS: dict[str, tuple[str | None, str | None]] = {
@@ -213,5 +213,4 @@ def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[i
 
 def _results_config(config: dict) -> dict:
     """A saved config as JSON data, with defaults for parts it predates, without the speed settings."""
-    full = json.loads(json.dumps(RunConfig.from_dict(config).to_dict()))
-    return {k: v for k, v in full.items() if k not in RUNTIME_PARTS}
+    return RunConfig.from_dict(config).results_dict()

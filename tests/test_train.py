@@ -30,6 +30,17 @@ def test_config_round_trip(tmp_path):
     assert back == cfg and back.model.channels == cfg.model.channels
 
 
+def test_config_digest_follows_results_settings_only():
+    base = make_config("cpu")
+    assert base.digest() == make_config("cpu").digest() == RunConfig.from_dict(base.to_dict()).digest()
+    assert len(base.digest()) == 8
+    assert make_config("cpu", finetune={"iterations": 100}).digest() != base.digest()
+    assert make_config("cpu", global_={"lr": 3e-4}).digest() != base.digest()
+    assert make_config("ci").digest() != base.digest()
+    # speed settings change how fast, not what is computed
+    assert make_config("cpu", speed={"channels_last": True}).digest() == base.digest()
+
+
 def test_config_rejects_unknown_fields():
     with pytest.raises(ValueError, match="unknown field global_.strategyy"):
         make_config("ci", global_={"strategyy": "GD"})

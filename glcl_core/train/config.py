@@ -6,6 +6,7 @@ A config is saved as ``config.json`` beside every run, so a run can be repeated 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,16 @@ class RunConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "RunConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def results_dict(self) -> dict[str, Any]:
+        """The parts that decide the results (everything but the speed settings), as JSON data."""
+        return {k: v for k, v in json.loads(json.dumps(self.to_dict())).items() if k not in RUNTIME_PARTS}
+
+    def digest(self) -> str:
+        """8 hex digits naming the results-relevant configuration, e.g. for a run folder that must not mix
+        results of different configurations."""
+        text = json.dumps(self.results_dict(), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 # The one table of profile settings. ci: seconds on 2 CPU cores. cpu: minutes on 2 CPU cores.
