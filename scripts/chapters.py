@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -146,6 +147,9 @@ def check(path: Path) -> list[str]:
             problems.append(f"{path.name}: cell {i} defines a function or class; library code belongs in glcl_core")
     if not any("exercise" in s.lower() for s in src):
         problems.append(f"{path.name}: no exercise")
+    for i, s in enumerate(src):
+        if cells[i]["cell_type"] == "markdown" and re.search(r"\bPLACEHOLDER\b|\bTODO\b|\bFIXME\b|\bTBD\b", s):
+            problems.append(f"{path.name}: cell {i} holds unfinished text ({s.strip()[:40]!r})")
     return problems
 
 

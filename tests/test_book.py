@@ -34,11 +34,11 @@ def test_chapter_structure(path):
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_committed_with_outputs(path):
-    """Chapters are committed executed (scripts/main.sh runs them in the cpu profile), without errors."""
+    """Chapters are committed executed in the cpu profile (scripts/main.sh runs them so), without errors."""
     nb = json.loads(path.read_text())
     setup = nb["cells"][4]
     text = "".join("".join(o.get("text", "")) for o in setup.get("outputs", []))
-    assert text.startswith("profile "), f"{path.name}: commit it executed (scripts/main.sh does it)"
+    assert text.startswith("profile cpu "), f"{path.name}: commit it executed in the cpu profile (scripts/main.sh)"
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert path.stat().st_size < 5_000_000
