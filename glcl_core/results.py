@@ -211,3 +211,37 @@ def _md_cell(value) -> str:
     if isinstance(value, float):
         return "" if np.isnan(value) else f"{value:.3f}"
     return str(value).replace("|", "\\|")
+
+
+# ------------------------------------------------------------------------------------------- validation curves
+def validation_curves(grid_dir: str | Path) -> pd.DataFrame:
+    """The validation Dice of every fine-tuning run of a grid folder, step by step.
+
+    Reads ``finetune/<init>/n<n>_s<seed>/history.csv`` under ``grid_dir`` (written by ``run_experiment``).
+    Returns columns strategy, n_labelled, seed, step, val_dice (rows only where validation ran). Validation
+    volumes only: this is the diagnostic that may guide choices (test volumes never are).
+
+    Raises:
+        FileNotFoundError: ``grid_dir`` holds no fine-tuning histories.
+    """
+    root = Path(grid_dir) / "finetune"
+    frames = []
+    for history in sorted(root.glob("*/n*_s*/history.csv")):
+        init = history.parent.parent.name
+        n_text, seed_text = history.parent.name[1:].split("_s")
+        h = pd.read_csv(history)
+        if "val_dice" not in h.columns:
+            continue
+        h = h.dropna(subset=["val_dice"])
+        frames.append(pd.DataFrame({"strategy": init, "n_labelled": int(n_text), "seed": int(seed_text),
+                                    "step": h["step"].astype(int), "val_dice": h["val_dice"].astype(float)}))
+    if not frames:
+        raise FileNotFoundError(f"{root}: no fine-tuning histories (finetune/<init>/n<n>_s<seed>/history.csv)")
+    return pd.concat(frames, ignore_index=True)
+
+
+def curve_summary(curves: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sd over seeds of the validation Dice per (strategy, n_labelled, step), with the seed count."""
+    grouped = curves.groupby(["strategy", "n_labelled", "step"])["val_dice"]
+    out = grouped.agg(mean="mean", sd="std", n_seeds="count").reset_index()
+    return _ordered(out, extra=["step"])

@@ -4,7 +4,8 @@
 
 Writes into --out: summary.md / summary.csv (mean ± sd of the per-seed mean foreground Dice, per initialisation and
 number of labelled volumes), paired.md / paired.csv (mean paired difference to --baseline with a 95% t-interval over
-matched seeds), per_class.md, dice.png and paired.png. Prints the summary table. Exit code 2 on a bad input.
+matched seeds), per_class.md, dice.png and paired.png; with --grid RUN_FOLDER also validation_curves.csv/.png
+(validation Dice per fine-tuning step, mean over seeds). Prints the summary table. Exit code 2 on a bad input.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the tables and figures")
     parser.add_argument("--baseline", default="random", help="initialisation the others are compared with")
     parser.add_argument("--title", default=None, help="figure title (default: the CSV's path)")
+    parser.add_argument("--grid", type=Path, default=None,
+                        help="the grid's run folder (e.g. runs/grid-cpu): also plot validation Dice per fine-tuning step")
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -58,6 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
     else:
         print(f"(no paired comparison: baseline {args.baseline!r} missing or alone in the results)")
+    if args.grid is not None:
+        from glcl_core.viz.segmentation import plot_validation_curves
+
+        try:
+            curves = results.validation_curves(args.grid)
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        summary_curves = results.curve_summary(curves)
+        summary_curves.to_csv(args.out / "validation_curves.csv", index=False)
+        plot_validation_curves(summary_curves).savefig(args.out / "validation_curves.png", dpi=100)
     print(f"written: {', '.join(sorted(p.name for p in args.out.iterdir()))} in {args.out}")
     return 0
 

@@ -213,3 +213,31 @@ def test_load_predictions_and_widgets(tmp_path, monkeypatch, ci_config, ci_split
     explorer.children[0].children[0].value = "GD"  # GD as baseline: random is compared against it
     assert "to GD" in frames[1].axes[0].get_xlabel()
     assert [t.get_text().split(",")[0] for t in frames[1].axes[0].get_yticklabels()] == ["random", "random"]
+
+
+def _write_history(folder: Path, steps: list[int], val: list[float | None]) -> None:
+    folder.mkdir(parents=True)
+    rows = [{"step": s, "loss": 1.0, "images_per_s": 10.0, "val_dice": v} for s, v in zip(steps, val)]
+    pd.DataFrame(rows).to_csv(folder / "history.csv", index=False)
+
+
+def test_validation_curves_read_histories_and_average_over_seeds(tmp_path):
+    grid_dir = tmp_path / "grid"
+    _write_history(grid_dir / "finetune" / "random" / "n1_s0", [10, 20, 30, 40], [None, 0.2, None, 0.4])
+    _write_history(grid_dir / "finetune" / "random" / "n1_s1", [10, 20, 30, 40], [None, 0.4, None, 0.6])
+    _write_history(grid_dir / "finetune" / "GD+LR" / "n2_s0", [20, 40], [0.5, 0.7])
+    curves = results.validation_curves(grid_dir)
+    assert len(curves) == 6 and set(curves.columns) == {"strategy", "n_labelled", "seed", "step", "val_dice"}
+    summary = results.curve_summary(curves)
+    assert summary["strategy"].tolist() == ["random", "random", "GD+LR", "GD+LR"]  # book order, then by step
+    first = summary.iloc[0]
+    assert (first["n_labelled"], first["step"], first["n_seeds"]) == (1, 20, 2)
+    assert first["mean"] == pytest.approx(0.3) and first["sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert np.isnan(summary.iloc[2]["sd"])
+
+    from glcl_core.viz.segmentation import plot_validation_curves
+
+    fig = plot_validation_curves(summary)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 1 and len(fig.axes[1].lines) == 1
+    with pytest.raises(FileNotFoundError, match="no fine-tuning histories"):
+        results.validation_curves(tmp_path / "empty")

@@ -325,3 +325,37 @@ def paired_explorer(table: pd.DataFrame, baseline: str = "random", level: float 
     confidence.observe(render, names="value")
     render()
     return widgets.VBox([widgets.HBox([chooser, confidence]), text, output])
+
+
+def plot_validation_curves(summary: pd.DataFrame, fig: Figure | None = None, title: str | None = None) -> Figure:
+    """Validation Dice against fine-tuning step, one panel per number of labelled volumes, one line per
+    initialisation (mean over seeds, band = sd).
+
+    Args:
+        summary: :func:`glcl_core.results.curve_summary` (strategy, n_labelled, step, mean, sd, n_seeds).
+    """
+    if summary.empty:
+        raise ValueError("empty summary: nothing to plot")
+    counts = sorted(summary["n_labelled"].unique())
+    if fig is None:
+        fig = Figure(figsize=(3.6 * len(counts) + 1.8, 3.2), layout="constrained")
+    else:
+        fig.clear()
+    axes = np.atleast_1d(fig.subplots(1, len(counts), sharey=True, squeeze=False)[0])
+    for ax, n in zip(axes, counts):
+        part = summary[summary["n_labelled"] == n]
+        for strategy in strategy_order(part["strategy"]):
+            rows = part[part["strategy"] == strategy].sort_values("step")
+            colour = strategy_colour(strategy)
+            ax.plot(rows["step"], rows["mean"], marker=".", lw=1.5, color=colour, label=strategy)
+            ax.fill_between(rows["step"], rows["mean"] - rows["sd"].fillna(0.0), rows["mean"] + rows["sd"].fillna(0.0),
+                            color=colour, alpha=0.12, lw=0)
+        ax.set_title(f"n = {n} labelled")
+        ax.set_xlabel("fine-tuning step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean foreground Dice (validation)")
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="init")
+    seeds = summary["n_seeds"]
+    note = f"mean over {seeds.min()}" + (f"-{seeds.max()}" if seeds.max() != seeds.min() else "") + " seeds, band = sd"
+    fig.suptitle(f"{title}\n{note}" if title else f"Validation Dice during fine-tuning; {note}", fontsize=10)
+    return fig
