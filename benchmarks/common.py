@@ -21,6 +21,7 @@ import gc
 import json
 import resource
 import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,8 +37,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, long_call: float = 2.0) -> float:
-    """Best-of-``repeats`` seconds of ``fn()`` after one warm-up call (the warm-up alone if it took > ``long_call``)."""
+def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, long_call: float = 2.0,
+              reduce: str = "min") -> float:
+    """Seconds of ``fn()`` after one warm-up call (the warm-up alone if it took > ``long_call``): the best
+    (``reduce="min"``) or the median (``reduce="median"``) of ``repeats`` calls."""
     sync(device)
     start = time.perf_counter()
     fn()
@@ -52,6 +55,10 @@ def time_call(fn: Callable[[], object], device: torch.device, repeats: int = 3, 
         fn()
         sync(device)
         times.append(time.perf_counter() - start)
+    if reduce == "median":
+        return statistics.median(times)
+    if reduce != "min":
+        raise ValueError(f"reduce must be 'min' or 'median', got {reduce!r}")
     return min(times)
 
 

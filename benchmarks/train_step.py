@@ -8,8 +8,9 @@ outside the network's forward/backward (sampling, augmentation, loss, optimiser)
 How it is measured. *Step*: the real training function (``pretrain_global``, ``pretrain_local``, ``finetune``) runs
 ``warm-up + steps`` iterations with a log row per step; the step time is the median of the logged steps after the
 warm-up (images per step / images per second). *Floor*: the same modules, on a fixed batch of the same shape already
-on the device, forward + backward only (no sampler, no augmentation, no contrastive loss, no optimiser step), best
-of a few calls, with the same ``--channels-last`` / ``--compile`` settings as the step (and the same mixed precision).
+on the device, forward + backward only (no sampler, no augmentation, no contrastive loss, no optimiser step), the
+median of as many calls as there are timed steps (the same statistic as the step, so noise does not pass for
+overhead), with the same ``--channels-last`` / ``--compile`` settings as the step (and the same mixed precision).
 *Overhead* = 1 - floor / step. Peak memory: CUDA max allocated, or on CPU the rise of the process's
 resident high-water mark during the run (see benchmarks/common.py).
 """
@@ -74,7 +75,7 @@ def _run_stage(stage: str, cfg, split, device, warmup: int, steps: int):
     return _step_seconds(history, images, warmup), images, cfg
 
 
-def _floor(stage: str, cfg, device, images: int) -> float:
+def _floor(stage: str, cfg, device, images: int, repeats: int = 10) -> float:
     """Forward + backward of the stage's modules on a fixed batch already on the device, prepared as the stage
     prepares them (channels_last, torch.compile)."""
     model = loops.build_model(cfg).to(device).train()
@@ -110,7 +111,7 @@ def _floor(stage: str, cfg, device, images: int) -> float:
             with loops._autocast(device):
                 out = net(x)
             out.float().square().mean().backward()
-    return time_call(fn, device, repeats=3)
+    return time_call(fn, device, repeats=repeats, reduce="median")
 
 
 def _peak_mb(stage: str, cfg, split, device) -> float:
@@ -144,7 +145,7 @@ def main() -> None:
         split = prepare_split(base)
         for stage in args.stages:
             step, images, cfg = _run_stage(stage, base, split, device, args.warmup, args.steps)
-            floor = _floor(stage, cfg, device, images)
+            floor = _floor(stage, cfg, device, images, repeats=args.steps)
             peak = None if args.no_memory else _peak_mb(stage, base, split, device)
             rows.append([profile, stage, f"{cfg.data.size}px x {images}", f"{step * 1000:.0f}",
                          f"{images / step:.0f}", f"{floor * 1000:.0f}", f"{images / floor:.0f}",
