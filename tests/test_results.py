@@ -239,5 +239,7 @@ def test_validation_curves_read_histories_and_average_over_seeds(tmp_path):
 
     fig = plot_validation_curves(summary)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 1 and len(fig.axes[1].lines) == 1
+    # one legend names every strategy, though each panel holds only one of them
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["random", "GD+LR"]
     with pytest.raises(FileNotFoundError, match="no fine-tuning histories"):
         results.validation_curves(tmp_path / "empty")

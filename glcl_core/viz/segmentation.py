@@ -354,8 +354,15 @@ def plot_validation_curves(summary: pd.DataFrame, fig: Figure | None = None, tit
         ax.set_xlabel("fine-tuning step")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean foreground Dice (validation)")
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="init")
-    seeds = summary["n_seeds"]
-    note = f"mean over {seeds.min()}" + (f"-{seeds.max()}" if seeds.max() != seeds.min() else "") + " seeds, band = sd"
+    # one legend for all panels: a strategy may be missing from the last one
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[-1].legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
+                    frameon=False, title="init")
+    lo, hi = int(summary["n_seeds"].min()), int(summary["n_seeds"].max())
+    note = (f"mean over {lo}" + (f"-{hi}" if hi != lo else "") + f" seed{'s' if hi > 1 else ''}"
+            + (", band = sd" if hi > 1 else ""))
     fig.suptitle(f"{title}\n{note}" if title else f"Validation Dice during fine-tuning; {note}", fontsize=10)
     return fig
