@@ -21,6 +21,7 @@ from glcl_core.profiles import PROFILES
 GLOBAL_CHOICES = ("GR", "GD-", "GD", "PCL")
 LOCAL_CHOICES = ("LR", "LD")
 INIT_CHOICES = ("random", "GR", "GD-", "GD", "PCL", "GD+LR", "GD+LD", "PCL+LR")
+EMBEDDED_PRESETS = ("standard", "varied")
 
 
 class CLIError(Exception):
@@ -38,7 +39,7 @@ def _config(args: argparse.Namespace, **overrides):
     from glcl_core.train.config import make_config
 
     data = {"path": str(_existing(args.data)) if args.data else None}
-    for key in ("channel", "n_test", "n_val"):
+    for key in ("embedded", "channel", "n_test", "n_val"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     if hasattr(args, "compile"):
@@ -59,7 +60,7 @@ def _cmd_data(args: argparse.Namespace) -> None:
     from glcl_core.data import embedded_dataset, load_volumes, summarize
 
     t0 = time.perf_counter()
-    path = _existing(args.data) if args.data else embedded_dataset()
+    path = _existing(args.data) if args.data else embedded_dataset(params=args.embedded)
     volumes = load_volumes(path)
     print(f"data: {path}  ({time.perf_counter() - t0:.1f} s)")
     print(summarize(volumes))
@@ -148,7 +149,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from glcl_core.experiment import run_experiment
 
-    cfg = _config(args)
+    overrides: dict = {}
+    if args.finetune_iterations:
+        overrides["finetune"] = {"iterations": args.finetune_iterations}
+    cfg = _config(args, **overrides)
     out = Path(args.out or f"runs/experiment-{cfg.profile}")
     table = run_experiment(cfg, out, inits=args.inits, n_labelled=args.n_labelled, seeds=args.seeds)
     per_seed = table.groupby(["strategy", "n_labelled", "seed"])["dice"].mean()
@@ -176,9 +180,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _embedded_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embedded", choices=EMBEDDED_PRESETS, default=None,
+                   help="preset of the embedded data set when --data is not given (default standard; "
+                        "varied: more anatomical and contrast variation between subjects)")
+
+
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--data", default=None, metavar="PATH",
                    help="Decathlon, ACDC or image/label folder (default: the embedded data set)")
+    _embedded_flag(p)
     p.add_argument("--channel", type=int, default=None, help="image channel of multi-channel data (default 0)")
     p.add_argument("--n-test", type=_non_negative_int, default=None, metavar="N",
                    help="volumes held out for testing (default 6)")
@@ -196,10 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("main", help="the README's main job")
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--embedded", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_main)
 
     p = sub.add_parser("data", help="load a data folder (default: the embedded set) and print its summary")
     p.add_argument("--data", default=None, metavar="PATH", help="Decathlon, ACDC or image/label folder")
+    _embedded_flag(p)
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("pretrain", help="global pre-training (encoder + g1), optionally then local (decoder + g2)")
@@ -234,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inits", nargs="+", choices=INIT_CHOICES, default=list(INIT_CHOICES))
     p.add_argument("--n-labelled", nargs="+", type=_positive_int, default=[1, 2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--finetune-iterations", type=_positive_int, default=None, metavar="N",
+                   help="override the profile's fine-tuning iterations (pre-training keeps the profile's)")
     _speed_flags(p)
     p.set_defaults(func=_cmd_experiment)
     return parser

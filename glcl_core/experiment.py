@@ -45,7 +45,7 @@ def load_data(cfg: RunConfig) -> list[Volume]:
     if cfg.data.path is None:
         from glcl_core.data import embedded_dataset
 
-        path = embedded_dataset()
+        path = embedded_dataset(params=cfg.data.embedded)
     else:
         path = Path(cfg.data.path)
     return load_volumes(path, spacing=cfg.data.spacing, size=cfg.data.size, channel=cfg.data.channel,
@@ -61,7 +61,7 @@ def class_names_of(cfg: RunConfig) -> list[str] | None:
     """Class names from the data's dataset.json, when it has one."""
     from glcl_core.data import embedded_dataset
 
-    root = Path(cfg.data.path) if cfg.data.path else embedded_dataset()
+    root = Path(cfg.data.path) if cfg.data.path else embedded_dataset(params=cfg.data.embedded)
     meta = root / "dataset.json"
     if not meta.is_file():
         return None

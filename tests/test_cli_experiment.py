@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from glcl_core import experiment
-from glcl_core.__main__ import INIT_CHOICES, main
+from glcl_core.__main__ import EMBEDDED_PRESETS, INIT_CHOICES, main
+from glcl_core.data.embedded import PRESETS
 from glcl_core.train import loops
 from glcl_core.train.config import make_config
 
@@ -22,6 +23,7 @@ def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 def test_cli_choices_match_library():
     assert tuple(experiment.INITIALISATIONS) == INIT_CHOICES
+    assert tuple(PRESETS) == EMBEDDED_PRESETS
 
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "experiment"])
@@ -104,6 +106,22 @@ def test_experiment_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="another configuration"):
         experiment.run_experiment(make_config("ci", finetune={"lr": 0.5}), tmp_path, inits=["random"],
                                   n_labelled=[1], seeds=[0], progress=False, log=lambda *_: None)
+
+
+def test_cli_experiment_on_varied_preset_with_own_finetune_length(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "grid"
+    assert main(["experiment", "--profile", "ci", "--embedded", "varied", "--finetune-iterations", "2",
+                 "--inits", "random", "--n-labelled", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "experiment.json").read_text())["config"]
+    assert config["data"]["embedded"] == "varied" and config["finetune"]["iterations"] == 2
+    history = pd.read_csv(out / "finetune" / "random" / "n1_s0" / "history.csv")
+    assert history["step"].max() == 2
+    # the standard preset is another configuration: refused in the same folder
+    assert main(["experiment", "--profile", "ci", "--finetune-iterations", "2", "--inits", "random",
+                 "--n-labelled", "1", "--out", str(out)]) == 2
+    assert "another configuration" in capsys.readouterr().err
 
 
 def test_labelled_draws_differ_by_seed(ci_split):

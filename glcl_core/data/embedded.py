@@ -11,6 +11,12 @@ maps, 1 mm, skull-stripped), varied per pseudo-subject by
 * gamma, a smooth multiplicative bias field and Rician noise;
 * a different storage orientation (axis flips and orders, with matching affines).
 
+The ``varied`` preset (:data:`PRESETS`) adds what one template lacks between real subjects: larger non-linear
+shape changes, enlarged ventricles and deep structures (a radial expansion about the ventricles, as with age or
+atrophy), a per-subject tissue contrast (CSF and grey-matter intensities relative to white matter, as between
+scanners and sequences) and a fine multiplicative texture. The ``standard`` preset leaves these off and is the data
+set the book's numbers were first measured on.
+
 Labels: 0 background, 1 CSF (approximate: brain mask minus GM minus WM), 2 grey matter, 3 white matter, by argmax
 of the warped maps. Honest limits: one anatomy, smooth average texture, approximate CSF, no manual labels.
 
@@ -31,7 +37,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy.ndimage import map_coordinates
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 from glcl_core.data.volume import DataError
 
@@ -64,6 +70,37 @@ class GeneratorParams:
     bias_strength: float = 0.15  # std of the bias field's polynomial coefficients (log scale)
     noise: tuple[float, float] = (0.01, 0.04)  # Rician noise std relative to the template's maximum
     intensity_scale: float = 1000.0  # stored int16 = round(scale * intensity)
+    # Off in the standard preset (identity), drawn from a separate random stream so turning them on leaves every
+    # other draw of a subject unchanged.
+    ventricle_expansion: tuple[float, float] = (0.0, 0.0)  # a: sample at p - a (p - c) g(p), g Gaussian about c
+    ventricle_radius: float = 25.0  # mm, width of g
+    ventricle_centre: tuple[float, float, float] = (0.0, -8.0, 14.0)  # MNI mm, between the lateral ventricles
+    tissue_contrast: float = 0.0  # weight of the per-subject tissue-intensity image mixed into the T1
+    csf_intensity: tuple[float, float] = (0.05, 0.35)  # relative to white matter
+    gm_intensity: tuple[float, float] = (0.45, 0.8)  # relative to white matter
+    texture: float = 0.0  # std of the log of a fine multiplicative texture
+    texture_wavelength: float = 6.0  # mm, Gaussian smoothing sigma of the texture's white noise
+
+
+PRESETS: dict[str, GeneratorParams] = {
+    "standard": GeneratorParams(),
+    "varied": GeneratorParams(
+        rotation_deg=(10.0, 10.0, 12.0), scale=(0.86, 1.14), displacement_rms=3.0,
+        displacement_wavelength=(40.0, 120.0), gamma_log=0.4, bias_strength=0.25, noise=(0.01, 0.06),
+        ventricle_expansion=(0.0, 0.45), tissue_contrast=0.7, texture=0.08,
+    ),
+}
+
+
+def generator_params(preset: str | GeneratorParams | None) -> GeneratorParams:
+    """The parameters of a preset name (``standard``, ``varied``), or ``preset`` itself when it is parameters."""
+    if preset is None:
+        return PRESETS["standard"]
+    if isinstance(preset, GeneratorParams):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown embedded data preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset]
 
 
 # ----------------------------------------------------------------------------------------------- template
@@ -210,6 +247,10 @@ def make_subject(template: Template, index: int, seed: int, params: GeneratorPar
         z_start + (np.arange(n_slices) + 0.5) * thickness,
     ]
     displacement = smooth_field(rng, axes_mm, p.displacement_rms, p.displacement_wavelength)
+    extra_rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 1]))  # the varied preset's draws
+    expansion = float(extra_rng.uniform(*p.ventricle_expansion))
+    if expansion > 0:
+        displacement += ventricle_displacement(axes_mm, expansion, p, inverse, centre, shift)
 
     # Thick slices: average the maps over sub-positions across each slab.
     n_sub = max(2, int(round(thickness / 1.25)))
@@ -223,7 +264,8 @@ def make_subject(template: Template, index: int, seed: int, params: GeneratorPar
     maps = {k: v / np.float32(n_sub) for k, v in sums.items()}
 
     label = tissue_labels(maps)
-    image = mr_contrast(rng, maps["t1"], axes_mm, centre, p)
+    t1, tissue_drawn = tissue_contrast(extra_rng, maps, axes_mm, p)
+    image = mr_contrast(rng, t1, axes_mm, centre, p)
 
     affine = np.diag([spacing, spacing, thickness, 1.0])
     affine[:3, 3] = [axes_mm[0][0], axes_mm[1][0], axes_mm[2][0]]
@@ -233,7 +275,53 @@ def make_subject(template: Template, index: int, seed: int, params: GeneratorPar
     drawn = {"spacing": spacing, "thickness": thickness, "coverage": round(coverage, 3), "n_slices": n_slices,
              "rotation_deg": np.round(angles, 2).tolist(), "scale": np.round(scales, 3).tolist(),
              "axcodes": "".join(nib.aff2axcodes(affine_stored))}
+    if expansion > 0:
+        drawn["ventricle_expansion"] = round(expansion, 3)
+    drawn.update(tissue_drawn)
     return {"image": image_stored, "label": label_stored, "affine": affine_stored, "params": drawn}
+
+
+def ventricle_displacement(axes_mm: list[np.ndarray], expansion: float, p: GeneratorParams, inverse: np.ndarray,
+                           centre: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``(3, X, Y, Z)`` template-space displacement (mm) that enlarges the ventricles and deep structures.
+
+    Each scanner point samples the template nearer to the ventricles' centre ``c_v``, by ``expansion`` times its
+    offset from ``c_v`` weighted by a Gaussian of width ``ventricle_radius``: the middle grows by up to
+    ``1 / (1 - expansion)`` while the cortex, far away, stays put.
+    """
+    x, y, z = np.meshgrid(*axes_mm, indexing="ij", sparse=True)
+    scanner = [x, y, z]
+    c_v = np.asarray(p.ventricle_centre, dtype=np.float64)
+    # template-world position of each scanner point (before the smooth field): q = M^-1 (p - c - t) + c
+    offset = [sum(inverse[i, j] * (scanner[j] - centre[j] - shift[j]) for j in range(3)) + centre[i] - c_v[i]
+              for i in range(3)]
+    weight = np.exp(-(offset[0] ** 2 + offset[1] ** 2 + offset[2] ** 2) / (2.0 * p.ventricle_radius ** 2))
+    return np.stack([(-expansion * o * weight).astype(np.float32) for o in offset])
+
+
+def tissue_contrast(rng: np.random.Generator, maps: dict[str, np.ndarray], axes_mm: list[np.ndarray],
+                    p: GeneratorParams) -> tuple[np.ndarray, dict]:
+    """``(X, Y, Z)`` T1 in [0, 1] with this subject's tissue contrast and texture mixed in, and what was drawn.
+
+    The template's T1 is blended with a piecewise-constant tissue image (CSF, GM and WM intensities drawn per
+    subject, WM at the template's white-matter level), then multiplied by a fine random texture.
+    """
+    t1 = maps["t1"]
+    drawn: dict = {}
+    if p.tissue_contrast > 0:
+        wm_level = float(np.median(t1[maps["wm"] > 0.9])) if np.any(maps["wm"] > 0.9) else float(t1.max())
+        csf_level, gm_level = rng.uniform(*p.csf_intensity), rng.uniform(*p.gm_intensity)
+        csf = np.clip(maps["mask"] - maps["gm"] - maps["wm"], 0.0, None)
+        tissue = wm_level * (csf_level * csf + gm_level * maps["gm"] + maps["wm"])
+        t1 = (1.0 - p.tissue_contrast) * t1 + np.float32(p.tissue_contrast) * tissue.astype(np.float32)
+        drawn.update(csf_intensity=round(float(csf_level), 3), gm_intensity=round(float(gm_level), 3))
+    if p.texture > 0:
+        spacing = [float(a[1] - a[0]) if len(a) > 1 else 1.0 for a in axes_mm]
+        noise = gaussian_filter(rng.standard_normal(t1.shape).astype(np.float32),
+                                sigma=[p.texture_wavelength / s for s in spacing])
+        noise /= max(float(noise.std()), 1e-6)
+        t1 = t1 * np.exp(np.float32(p.texture) * noise)
+    return np.clip(t1, 0.0, 1.0).astype(np.float32), drawn
 
 
 def template_coordinates(template: Template, axes_mm: list[np.ndarray], z_offset: float, inverse: np.ndarray,
@@ -298,18 +386,18 @@ def is_complete(folder: Path, n_subjects: int) -> bool:
 
 
 def embedded_dataset(root: str | os.PathLike | None = None, n_subjects: int = 20, seed: int = 0,
-                     params: GeneratorParams | None = None) -> Path:
+                     params: GeneratorParams | str | None = None) -> Path:
     """Path of the embedded Decathlon-layout folder, built on first use (about 1 s per subject on one core).
 
     Args:
         root: cache folder (default :func:`default_root`); the data set lives in a versioned subfolder.
         n_subjects: number of pseudo-subjects (``icbm_000`` ...).
         seed: same seed, same files (byte for byte); subject ``i`` does not depend on ``n_subjects``.
-        params: generator ranges (defaults: :class:`GeneratorParams`).
+        params: generator ranges, or the name of one of :data:`PRESETS` (default ``standard``).
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
-    params = params or GeneratorParams()
+    params = generator_params(params)
     base = Path(root).expanduser() if root is not None else default_root()
     final = base / dataset_key(params, n_subjects, seed)
     if is_complete(final, n_subjects):

@@ -22,12 +22,13 @@ LOCAL_STRATEGIES = ("LR", "LD")
 class DataConfig:
     """Which volumes, at what resolution, and how they are split.
 
-    ``path=None`` means the embedded data set. The split is fixed by ``split_seed``: ``n_test`` test volumes
+    ``path=None`` means the embedded data set, made with the generator preset ``embedded``. The split is fixed by ``split_seed``: ``n_test`` test volumes
     (never used for any choice), ``n_val`` validation volumes (model selection), the rest form the training pool
     (pre-training images and the labelled volumes drawn for fine-tuning).
     """
 
     path: str | None = None
+    embedded: str = "standard"  # preset of the embedded data set (used when path is None): standard, varied
     spacing: float = 2.5  # in-plane mm
     size: int = 96  # in-plane pixels (H = W)
     n_partitions: int = 4
