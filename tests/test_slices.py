@@ -213,6 +213,11 @@ def test_chapter_figures_draw():
     assert len(figs[3].axes) == 2 * 4 + 1  # mean and spread per partition + colour bar
     bars = [p for p in figs[2].axes[0].patches]
     assert len(bars) == 3 * 4  # one bar per partition per volume
+    gallery = viz.plot_subject_gallery({"first": volumes, "second": volumes[:2]}, n_subjects=3)
+    shown = [ax for ax in gallery.axes if ax.get_visible()]
+    assert len(shown) == 2 * 3 + 2 * 2  # image and label rows; the missing third subject of "second" hidden
+    assert gallery.axes[0].get_ylabel() == "first" and gallery.axes[0].get_title() == "v0"
+    assert len(gallery.axes[3].images) == 2  # label row: image plus label overlay
 
 
 def test_slice_browser_switches_volume_keeping_relative_position():

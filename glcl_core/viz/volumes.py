@@ -297,3 +297,36 @@ def plot_slice_similarity(similarity: np.ndarray, sample, n_partitions: int, by_
         curve.legend(fontsize=8, loc="lower left")
         curve.set_title("similarity falls with the position gap", fontsize=9)
     return fig
+
+
+def plot_subject_gallery(rows: dict[str, list[Volume]], n_subjects: int = 6, fig: Figure | None = None) -> Figure:
+    """One row of subjects per data set (e.g. per embedded preset), each at its slice with the most brain.
+
+    Args:
+        rows: row title -> volumes (labelled); the first ``n_subjects`` of each are shown as image, with the
+            tissue labels (opaque colours over the image) in the row below.
+    """
+    n_cols = min(n_subjects, max(len(v) for v in rows.values()))
+    if fig is None:
+        fig = Figure(figsize=(1.45 * n_cols, 3.0 * len(rows)), layout="constrained")
+    else:
+        fig.clear()
+    axes = np.asarray(fig.subplots(2 * len(rows), n_cols, squeeze=False))
+    for r, (title, volumes) in enumerate(rows.items()):
+        for c in range(n_cols):
+            image_ax, label_ax = axes[2 * r, c], axes[2 * r + 1, c]
+            for ax in (image_ax, label_ax):
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if c >= len(volumes):
+                image_ax.set_visible(False)
+                label_ax.set_visible(False)
+                continue
+            volume = volumes[c]
+            z = int(np.argmax((volume.label > 0).reshape(volume.n_slices, -1).sum(axis=1)))
+            draw_slice(image_ax, volume, z, 0, 0.0)
+            draw_slice(label_ax, volume, z, int(volume.label.max()) + 1, 1.0)
+            image_ax.set_title(volume.name, fontsize=8)
+            if c == 0:
+                image_ax.set_ylabel(title, fontsize=9)
+    return fig
