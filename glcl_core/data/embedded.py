@@ -311,8 +311,7 @@ def tissue_contrast(rng: np.random.Generator, maps: dict[str, np.ndarray], axes_
     if p.tissue_contrast > 0:
         wm_level = float(np.median(t1[maps["wm"] > 0.9])) if np.any(maps["wm"] > 0.9) else float(t1.max())
         csf_level, gm_level = rng.uniform(*p.csf_intensity), rng.uniform(*p.gm_intensity)
-        csf = np.clip(maps["mask"] - maps["gm"] - maps["wm"], 0.0, None)
-        tissue = wm_level * (csf_level * csf + gm_level * maps["gm"] + maps["wm"])
+        tissue = wm_level * (csf_level * csf_probability(maps) + gm_level * maps["gm"] + maps["wm"])
         t1 = (1.0 - p.tissue_contrast) * t1 + np.float32(p.tissue_contrast) * tissue.astype(np.float32)
         drawn.update(csf_intensity=round(float(csf_level), 3), gm_intensity=round(float(gm_level), 3))
     if p.texture > 0:
@@ -337,10 +336,14 @@ def template_coordinates(template: Template, axes_mm: list[np.ndarray], z_offset
     return coords
 
 
+def csf_probability(maps: dict[str, np.ndarray]) -> np.ndarray:
+    """``(X, Y, Z)`` approximate CSF probability: brain mask minus grey and white matter."""
+    return np.clip(maps["mask"] - maps["gm"] - maps["wm"], 0.0, None)
+
+
 def tissue_labels(maps: dict[str, np.ndarray]) -> np.ndarray:
     """``(X, Y, Z)`` uint8 argmax of background / CSF / GM / WM probabilities."""
-    csf = np.clip(maps["mask"] - maps["gm"] - maps["wm"], 0.0, None)
-    probabilities = np.stack([1.0 - maps["mask"], csf, maps["gm"], maps["wm"]])
+    probabilities = np.stack([1.0 - maps["mask"], csf_probability(maps), maps["gm"], maps["wm"]])
     return np.argmax(probabilities, axis=0).astype(np.uint8)
 
 
