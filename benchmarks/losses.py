@@ -84,7 +84,9 @@ def local_case(pairs: int, form: str, grid: int | None, strategy: str, impl: str
 
     def run():
         if impl == "vectorised":
-            loss = local_loss(f1, f2, image, volume, partition, strategy=strategy, form=form, region_size=k)
+            # the loop's masks (random sparse draw, symmetric L^D), not the official per-pair defaults
+            loss = local_loss(f1, f2, image, volume, partition, strategy=strategy, form=form, region_size=k,
+                              n_negatives=10 if form == "sparse" else None, ld_pairs="symmetric")
         else:  # the same regions and masks, looped pair by pair over the dense (2BR, 2BR) masks
             corners = sparse_region_corners(MAP_SIZE, MAP_SIZE, k) if form == "sparse" else None
             regions = torch.cat([pool_regions(f1, k, "flatten", corners), pool_regions(f2, k, "flatten", corners)], 1)

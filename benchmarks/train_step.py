@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import cpu_peak_delta_mb, cuda_peak_mb, format_table, time_call  # noqa: E402
 from glcl_core.device import autocast_dtype, default_device  # noqa: E402
 from glcl_core.experiment import prepare_split  # noqa: E402
-from glcl_core.models import GlobalHead, LocalHead  # noqa: E402
+from glcl_core.models import GlobalHead  # noqa: E402
 from glcl_core.train import loops  # noqa: E402
 from glcl_core.train.config import make_config  # noqa: E402
 
@@ -92,7 +92,7 @@ def _floor(stage: str, cfg, device, images: int, repeats: int = 10) -> float:
             out.float().square().mean().backward()
     elif stage.startswith("local"):
         blocks = cfg.local.decoder_blocks
-        head = LocalHead(in_channels=model.decoder_channels(blocks)).to(device)
+        head = loops.build_local_head(cfg, model, blocks).to(device)
         for p in model.encoder.parameters():
             p.requires_grad_(False)
         model.encoder.eval()

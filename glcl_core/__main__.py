@@ -22,6 +22,7 @@ GLOBAL_CHOICES = ("GR", "GD-", "GD", "PCL")
 LOCAL_CHOICES = ("LR", "LD")
 INIT_CHOICES = ("random", "GR", "GD-", "GD", "PCL", "GD+LR", "GD+LD", "PCL+LR")
 EMBEDDED_PRESETS = ("standard", "varied")
+PRESET_CHOICES = ("pcl",)  # glcl_core.train.config.PRESETS
 
 
 class CLIError(Exception):
@@ -44,7 +45,7 @@ def _config(args: argparse.Namespace, **overrides):
             data[key] = getattr(args, key)
     if hasattr(args, "compile"):
         overrides["speed"] = {"compile": args.compile, "channels_last": args.channels_last}
-    return make_config(args.profile, seed=args.seed, data=data, **overrides)
+    return make_config(args.profile, seed=args.seed, preset=getattr(args, "preset", None), data=data, **overrides)
 
 
 def _split(cfg):
@@ -74,7 +75,7 @@ def _cmd_main(args: argparse.Namespace) -> None:
 def _cmd_pretrain(args: argparse.Namespace) -> None:
     from glcl_core.train.loops import pretrain_global, pretrain_local
 
-    overrides: dict = {"global_": {"strategy": args.strategy}}
+    overrides: dict = {"global_": {"strategy": args.strategy} if args.strategy else {}}
     if args.local:
         overrides["local"] = {"strategy": args.local}
     if args.iterations:
@@ -83,20 +84,38 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
             overrides["local"]["iterations"] = args.iterations
     cfg = _config(args, **overrides)
     split = _split(cfg)
-    name = args.strategy + (f"+{args.local}" if args.local else "")
+    name = cfg.global_.strategy + (f"+{args.local}" if args.local else "")
     out = Path(args.out or f"runs/pretrain-{name}")
     print(f"pre-training {name} on the training pool ({split}) -> {out}")
-    g = pretrain_global(cfg, split.pool, out=out / "global", resume=args.resume, overwrite=args.overwrite)
-    print(f"global stage: last loss {g.history['loss'].iloc[-1]:.4f}; weights {out / 'global' / 'final.pt'}")
+    # a bar in a terminal; one line per logged step in a log file or a pipe
+    progress = None if sys.stdout.isatty() else "lines"
+    g = pretrain_global(cfg, split.pool, out=out / "global", resume=args.resume, overwrite=args.overwrite,
+                        val=split.val, progress=progress)
+    print(f"global stage: {_health_summary(g.history)}; weights {out / 'global' / 'final.pt'}")
     if args.local:
         # init from the stage's weights in memory (the same as global/final.pt, and on every rank without a shared disk)
-        loc = pretrain_local(cfg, split.pool, init=g, out=out / "local", resume=args.resume, overwrite=args.overwrite)
-        print(f"local stage: last loss {loc.history['loss'].iloc[-1]:.4f}; weights {out / 'local' / 'final.pt'}")
+        loc = pretrain_local(cfg, split.pool, init=g, out=out / "local", resume=args.resume, overwrite=args.overwrite,
+                             val=split.val, progress=progress)
+        print(f"local stage: {_health_summary(loc.history)}; weights {out / 'local' / 'final.pt'}")
+
+
+def _health_summary(history) -> str:
+    """The last logged loss and health measures of a pre-training stage, in one line."""
+    last = history.iloc[-1]
+    parts = [f"loss {last['loss']:.4f}"]
+    names = {"loss_over_chance": "x chance", "retrieval_top1": "top-1 retrieval (val)",
+             "effective_rank": "effective rank (val)"}
+    for column, label in names.items():
+        if column in history.columns:
+            parts.append(f"{label} {last[column]:.3g}" if column != "loss_over_chance"
+                         else f"{last[column]:.3f} {label}")
+    return ", ".join(parts)
 
 
 def _print_scores(scores, n_test: int) -> None:
     print(scores.groupby("class")["dice"].agg(["mean", "std"]).round(3).to_string())
-    print(f"mean foreground Dice on {n_test} test volumes: {scores['dice'].mean():.3f}")
+    print(f"mean foreground Dice on {n_test} test volumes: {scores['dice'].mean():.3f} "
+          f"({scores.attrs.get('resolution', 'resampled')} resolution)")
 
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
@@ -186,6 +205,12 @@ def _embedded_flag(p: argparse.ArgumentParser) -> None:
                         "varied: more anatomical and contrast variation between subjects)")
 
 
+def _preset_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--preset", choices=PRESET_CHOICES, default=None,
+                   help=f"another method's pipeline for {what}: pcl = PCL's (SGD 0.1 + cosine, pooled head to "
+                        "512, PCL's augmentation, batch 32; the ci profile keeps its batch size)")
+
+
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--data", default=None, metavar="PATH",
                    help="Decathlon, ACDC or image/label folder (default: the embedded data set)")
@@ -217,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="global pre-training (encoder + g1), optionally then local (decoder + g2)")
     _common(p, "run folder (default runs/pretrain-STRATEGY)")
-    p.add_argument("--strategy", choices=GLOBAL_CHOICES, default="GD")
+    p.add_argument("--strategy", choices=GLOBAL_CHOICES, default=None,
+                   help="global strategy (default GD, or the preset's: PCL for --preset pcl)")
+    _preset_flag(p, "the global stage")
     # --local-strategy: the same under torchrun, whose own parser takes --local for an abbreviation of its options
     p.add_argument("--local", "--local-strategy", dest="local", choices=LOCAL_CHOICES, default=None,
                    help="also run the local stage")
@@ -249,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--finetune-iterations", type=_positive_int, default=None, metavar="N",
                    help="override the profile's fine-tuning iterations (pre-training keeps the profile's)")
+    _preset_flag(p, "every initialisation's global stage (each keeps its own strategy)")
     _speed_flags(p)
     p.set_defaults(func=_cmd_experiment)
     return parser

@@ -313,19 +313,18 @@ def _as_bool(mask) -> np.ndarray:
     return m
 
 
-def chance_loss(positives, negatives) -> float:
+def chance_loss(positives, negatives, reduction: str = "pairs") -> float:
     """The loss of :func:`~glcl_core.losses.masked_info_nce` when all similarities are equal (an untrained,
     collapsed or random-guess embedding): each positive pair ``(i, p)`` contributes ``log(1 + n_ip)`` with
-    ``n_ip`` the denominator entries of ``i`` other than ``i`` and ``p``. Averaged over pairs (GLCL's reduction;
-    equal to the anchor reduction when every anchor has the same counts, as in G^R, G^D- and G^D)."""
-    pos, neg = _as_bool(positives), _as_bool(negatives)
-    np.fill_diagonal(pos, False)
-    np.fill_diagonal(neg, False)
-    rows, cols = np.nonzero(pos)
-    if not len(rows):
+    ``n_ip`` the denominator entries of ``i`` other than ``i`` and ``p``, averaged with ``reduction`` ("pairs",
+    GLCL's; "anchors", PCL's). ``positives, negatives``: ``(N, N)`` bool tensors or arrays.
+    Computed by :func:`glcl_core.contrastive.health.chance_level`."""
+    from glcl_core.contrastive.health import chance_level
+
+    pos, neg = torch.as_tensor(_as_bool(positives)), torch.as_tensor(_as_bool(negatives))
+    if not bool((pos & ~torch.eye(len(pos), dtype=torch.bool)).any()):
         raise ValueError("no positive pair in the masks")
-    others = neg.sum(axis=1)[rows] - neg[rows, cols]  # p is counted once, in the numerator
-    return float(np.log1p(others).mean())
+    return chance_level(pos, neg, reduction)
 
 
 def mask_summary(masks: Mapping[str, tuple]) -> pd.DataFrame:
@@ -373,7 +372,7 @@ def strategy_chance_loss(strategy: str, cfg) -> float:
     :class:`~glcl_core.train.config.RunConfig`): ``global_.batch_size`` slices for G^R and PCL,
     ``global_.n_volumes`` x S for G^D- and G^D, two views each. It depends only on these sizes (and for PCL not
     even on the threshold: its denominator is every other embedding)."""
-    from glcl_core.strategies import global_masks
+    from glcl_core.strategies import GLOBAL_REDUCTION, global_masks
 
     s = int(cfg.data.n_partitions)
     if strategy in ("GD-", "GD"):
@@ -386,7 +385,7 @@ def strategy_chance_loss(strategy: str, cfg) -> float:
     meta = {k: torch.as_tensor(np.tile(x, 2)) for k, x in
             (("image", image), ("volume", volume), ("partition", partition), ("position", (image + 1.0) / len(image)))}
     positives, negatives = global_masks(strategy, **meta, threshold=float(cfg.global_.threshold))
-    return chance_loss(positives, negatives)
+    return chance_loss(positives, negatives, GLOBAL_REDUCTION[strategy])
 
 
 def threshold_table(metadata, thresholds: Sequence[float]) -> pd.DataFrame:

@@ -11,9 +11,23 @@ Spatial transforms are one batched ``affine_grid`` + ``grid_sample``: per image 
 rotation, scale and flips, and an optional smooth elastic displacement (random vectors on a coarse grid,
 upsampled bicubically) is added to the sampling grid. Intensity transforms are per-image elementwise maps.
 
-Defaults follow the papers and the official GLCL code where they say something (crop 100/192, brightness
-+-0.3, contrast 0.7-1.3 for pre-training; rotation +-15 deg, scale 0.95-1.05, flips, elastic, brightness +-0.1,
-contrast 0.8-1.2 for fine-tuning). Gamma and noise are available but off by default (``p_gamma = p_noise = 0``).
+Global-stage views (:data:`GLOBAL_AUGMENTATIONS`, chosen by ``GlobalConfig.augmentation``):
+
+* ``"glcl"`` (default, GLCL's global stage): a crop of 100/192 of the side whose top-left corner lies in
+  [10/192, 70/192) of the side on each axis (so both views keep the centre of the field of view), resized back to
+  full size; then brightness +-0.3 and contrast 0.7-1.3, each drawn once per view batch, clipped to [0, 1.5].
+  The corner is drawn from a continuous range where the GLCL code draws whole pixels.
+* ``"glcl-per-image"``: GLCL's transforms with brightness and contrast drawn per image rather than once per view
+  batch. With one draw per view batch every image of view 1 shares an intensity shift that view 2 does not, so a
+  network can tell the two view batches apart from their global intensity alone; that shortcut makes the other view
+  look *less* similar than the negatives of the same view batch early in training.
+* ``"glcl+geometric"``: the same as ``"glcl"`` plus rotation +-15 deg, scaling 0.95-1.05 and left-right flips (each with
+  probability 0.5). GLCL's global stage does not use these; they are an option here.
+* ``"pcl"``: PCL's own pre-training augmentation: flips, and with probability 0.67 elastic deformation, rotation
+  and scaling 0.7-1.3; no intensity change (see :data:`PCL_AUG`).
+
+Fine-tuning (:class:`SegAug`): rotation +-15 deg, scale 0.95-1.05, flips, elastic, brightness +-0.1, contrast
+0.8-1.2. Gamma and noise are available but off by default (``p_gamma = p_noise = 0``).
 """
 from __future__ import annotations
 
@@ -44,20 +58,23 @@ class IntensityAug:
     noise_std: float = 0.03
     p_noise: float = 0.0
     clip: tuple[float, float] | None = None
+    per_batch: bool = False  # True: one brightness/contrast/gamma/noise draw shared by every image of the call
 
 
 @dataclass(frozen=True)
 class SpatialAug:
     """Per-image spatial transforms, each applied with its probability ``p_*``.
 
-    ``crop_side``: range of the crop side as a fraction of the image side (placed uniformly inside the image,
-    resized back to full size). ``rotation_deg``: rotation drawn from ``U(-r, r)``. ``scale``: zoom factor range
+    ``crop_side``: range of the crop side as a fraction of the image side, resized back to full size.
+    ``crop_origin``: range of the crop's top-left corner as a fraction of the image side, drawn per axis (``None``:
+    anywhere the crop fits inside the image). ``rotation_deg``: rotation drawn from ``U(-r, r)``. ``scale``: zoom factor range
     (> 1 zooms in). ``elastic_sigma``: std in pixels of the displacement vectors on an ``elastic_grid`` x
     ``elastic_grid`` control grid, upsampled bicubically to a smooth field. ``padding_mode`` of ``grid_sample``
     for samples outside the image (``zeros`` maps labels there to background 0).
     """
 
     crop_side: tuple[float, float] = (1.0, 1.0)
+    crop_origin: tuple[float, float] | None = None
     p_crop: float = 0.0
     rotation_deg: float = 0.0
     p_rotation: float = 0.0
@@ -83,20 +100,19 @@ class LocalAug(IntensityAug):
 
 @dataclass(frozen=True)
 class GlobalAug(SpatialAug, IntensityAug):
-    """Global (encoder) stage: random 100x100-of-192 crop resized back, small rotation/scale, left-right flip,
-    brightness +-0.3 and contrast 0.7-1.3 (GLCL)."""
+    """Global (encoder) stage of GLCL: a 100x100-of-192 crop with its top-left corner in [10, 70) of 192 on each
+    axis, resized back; brightness +-0.3 and contrast 0.7-1.3 drawn once per view batch; clipped to [0, 1.5].
+    No rotation, scaling or flips (see ``"glcl+geometric"`` in :data:`GLOBAL_AUGMENTATIONS`)."""
 
     crop_side: tuple[float, float] = (100 / 192, 100 / 192)
+    crop_origin: tuple[float, float] | None = (10 / 192, 70 / 192)
     p_crop: float = 1.0
-    rotation_deg: float = 15.0
-    p_rotation: float = 0.5
-    scale: tuple[float, float] = (0.95, 1.05)
-    p_scale: float = 0.5
-    p_hflip: float = 0.5
     brightness: float = 0.3
     p_brightness: float = 1.0
     contrast: tuple[float, float] = (0.7, 1.3)
     p_contrast: float = 1.0
+    clip: tuple[float, float] | None = (0.0, 1.5)
+    per_batch: bool = True
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,38 @@ class SegAug(SpatialAug, IntensityAug):
     p_brightness: float = 0.5
     contrast: tuple[float, float] = (0.8, 1.2)
     p_contrast: float = 0.5
+
+
+GLCL_GEOMETRIC_AUG = replace(
+    GlobalAug(), rotation_deg=15.0, p_rotation=0.5, scale=(0.95, 1.05), p_scale=0.5, p_hflip=0.5
+)
+
+# PCL's own pre-training views (its ACDC/CHD data loaders, batchgenerators transforms), per view: flips of either
+# axis (p = 0.5 each); with p = 0.67 an elastic deformation, a rotation by U(0, 360) deg and an isotropic scaling in
+# 0.7-1.3, all three together; no intensity change and no crop (its crop to the patch size is a no-op on slices
+# already at that size). Differences here: the three spatial transforms are drawn independently, each with
+# p = 0.67, and the elastic field is a smooth field of about 1 px RMS at our 96-px scale (PCL: alpha 100-350,
+# sigma 14-17 px on 352-px patches, about 2-3 px RMS).
+PCL_AUG = GlobalAug(
+    crop_side=(1.0, 1.0), crop_origin=None, p_crop=0.0,
+    rotation_deg=180.0, p_rotation=0.67, scale=(0.7, 1.3), p_scale=0.67, p_hflip=0.5, p_vflip=0.5,
+    elastic_sigma=1.0, elastic_grid=7, p_elastic=0.67,
+    brightness=0.0, p_brightness=0.0, contrast=(1.0, 1.0), p_contrast=0.0, clip=None, per_batch=False,
+)
+
+GLOBAL_AUGMENTATIONS: dict[str, GlobalAug] = {
+    "glcl": GlobalAug(),
+    "glcl-per-image": replace(GlobalAug(), per_batch=False),
+    "glcl+geometric": GLCL_GEOMETRIC_AUG,
+    "pcl": PCL_AUG,
+}
+
+
+def global_augmentation(name: str) -> GlobalAug:
+    """The global-stage view parameters called ``name`` (a key of :data:`GLOBAL_AUGMENTATIONS`)."""
+    if name not in GLOBAL_AUGMENTATIONS:
+        raise ValueError(f"unknown global augmentation {name!r}; choose one of {', '.join(GLOBAL_AUGMENTATIONS)}")
+    return GLOBAL_AUGMENTATIONS[name]
 
 
 # ------------------------------------------------------------------------------ random draws
@@ -165,7 +213,7 @@ def _sampling_grid(
     apply = {name: _coin(batch, getattr(params, "p_" + name), generator)
              for name in ("crop", "rotation", "scale", "hflip", "vflip", "elastic")}
     side = _uniform((batch,), generator, params.crop_side[0], params.crop_side[1])
-    centre = _uniform((batch, 2), generator, -1.0, 1.0)
+    centre = _uniform((batch, 2), generator, -1.0, 1.0)  # or the corner's place in its range (crop_origin)
     angle = _uniform((batch,), generator, -params.rotation_deg, params.rotation_deg) * (math.pi / 180)
     zoom = _uniform((batch,), generator, params.scale[0], params.scale[1])
     use_elastic = params.elastic_sigma > 0 and params.p_elastic > 0
@@ -178,7 +226,13 @@ def _sampling_grid(
 
     one = torch.ones_like(side)
     side = torch.where(apply["crop"], side, one)
-    centre = centre * (1 - side)[:, None] * apply["crop"][:, None]  # crop stays inside the image
+    if params.crop_origin is None:
+        centre = centre * (1 - side)[:, None]  # anywhere the crop stays inside the image
+    else:  # top-left corner t in [lo, hi) of the side: centre t + side / 2, in [-1, 1] units
+        lo, hi = params.crop_origin
+        corner = lo + (hi - lo) * (centre + 1) / 2
+        centre = (2 * (corner + side[:, None] / 2) - 1).clamp(-1.0, 1.0)
+    centre = centre * apply["crop"][:, None]
     angle = torch.where(apply["rotation"], angle, torch.zeros_like(angle))
     zoom = torch.where(apply["scale"], zoom, one)
     flip_x = torch.where(apply["hflip"], -one, one)
@@ -219,14 +273,18 @@ def _intensity(images: torch.Tensor, params: IntensityAug, generator) -> torch.T
     """``images: (B, C, H, W)`` -> same shape, per-image intensity maps."""
     b = images.shape[0]
     device, dtype = images.device, images.dtype
-    apply = {name: _coin(b, getattr(params, "p_" + name), generator)
+    n = 1 if params.per_batch else b  # per_batch: one draw, shared by every image of this call
+    apply = {name: _coin(n, getattr(params, "p_" + name), generator)
              for name in ("gamma", "brightness", "contrast", "noise")}
-    gamma = _uniform((b,), generator, params.gamma[0], params.gamma[1])
-    shift = _uniform((b,), generator, -params.brightness, params.brightness) * apply["brightness"]
-    factor = _uniform((b,), generator, params.contrast[0], params.contrast[1])
+    gamma = _uniform((n,), generator, params.gamma[0], params.gamma[1])
+    shift = _uniform((n,), generator, -params.brightness, params.brightness) * apply["brightness"]
+    factor = _uniform((n,), generator, params.contrast[0], params.contrast[1])
     factor = torch.where(apply["contrast"], factor, torch.ones_like(factor))
-    noise_std = _uniform((b,), generator, 0.0, params.noise_std) * apply["noise"]
+    noise_std = _uniform((n,), generator, 0.0, params.noise_std) * apply["noise"]
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=_gen_device(generator)))
+    if n != b:
+        apply = {k: v.expand(b) for k, v in apply.items()}
+        gamma, shift, factor, noise_std = (t.expand(b) for t in (gamma, shift, factor, noise_std))
 
     def per_image(values: torch.Tensor) -> torch.Tensor:
         return values.to(device=device, dtype=dtype).view(b, 1, 1, 1)

@@ -6,6 +6,15 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 
+def to_device(t: torch.Tensor, device: torch.device | str, non_blocking: bool = False) -> torch.Tensor:
+    """``t`` on ``device``; a float64 tensor (slice positions) stays on the CPU when the device has no float64
+    (Apple MPS). The PCL mask is then computed on the CPU and only the boolean mask moves."""
+    device = torch.device(device)
+    if t.dtype == torch.float64 and device.type == "mps":
+        return t.cpu()
+    return t.to(device, non_blocking=non_blocking)
+
+
 @dataclass
 class Batch:
     """A batch of 2D slices and their metadata, all on one device.
@@ -18,7 +27,9 @@ class Batch:
         image: ``(B,)`` int64 id of the source slice (two views of one slice share it).
         volume: ``(B,)`` int64 volume index.
         partition: ``(B,)`` int64 partition index within the volume (``-1`` if not drawn by partition).
-        position: ``(B,)`` float32 normalised slice position in ``(0, 1]``.
+        position: ``(B,)`` float64 normalised slice position ``(k + 1) / Z`` in ``(0, 1]`` (float64 as in PCL's
+            code, so its threshold ties resolve the same way; on Apple MPS, which has no float64, it stays on
+            the CPU: see :func:`to_device`).
     """
 
     images: torch.Tensor
@@ -33,7 +44,7 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         moved = {
-            f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=non_blocking))
+            f.name: (None if getattr(self, f.name) is None else to_device(getattr(self, f.name), device, non_blocking))
             for f in fields(self)
         }
         return Batch(**moved)

@@ -176,14 +176,15 @@ def gather_metadata(batch: Any) -> dict[str, torch.Tensor]:
     """The global batch's ``image``, ``volume``, ``partition``, ``position`` (rank order, as
     :func:`gather_with_grad`), from a :class:`~glcl_core.batch.Batch` or a mapping; one collective.
 
-    Image ids are global slice indices, so they stay unique across ranks.
+    Image ids are global slice indices, so they stay unique across ranks. Dtypes are kept (``position`` stays
+    float64, bit for bit, so PCL's threshold ties resolve as in a single process).
     """
     get = batch.get if isinstance(batch, dict) else (lambda k: getattr(batch, k))
     meta = {k: get(k) for k in METADATA}
     if not is_distributed():
         return meta
     present = [k for k in METADATA if meta[k] is not None]
-    # float64 holds the int64 ids (< 2**53) and the float32 positions exactly
+    # float64 holds the int64 ids (< 2**53) and the float64 positions exactly; each field gets its own dtype back
     full, _ = _all_gather(torch.stack([meta[k].to(torch.float64) for k in present], dim=1))
     out = {k: None for k in METADATA}
     for i, k in enumerate(present):

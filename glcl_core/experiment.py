@@ -76,8 +76,10 @@ class Pretrained:
     checkpoint: Path | None  # None for random initialisation
 
 
-def pretrain(init: str, cfg: RunConfig, pool: list[Volume], out: Path, progress: bool | None = None) -> Pretrained:
-    """Pre-train (or reuse) the weights for one initialisation under ``out/pretrain/``."""
+def pretrain(init: str, cfg: RunConfig, pool: list[Volume], out: Path, progress: bool | None = None,
+             val: list[Volume] | None = None) -> Pretrained:
+    """Pre-train (or reuse) the weights for one initialisation under ``out/pretrain/``; ``val``: the volumes the
+    stages' health monitor reads (never trained on)."""
     from glcl_core.train.loops import pretrain_global, pretrain_local
 
     if init not in INITIALISATIONS:
@@ -89,7 +91,7 @@ def pretrain(init: str, cfg: RunConfig, pool: list[Volume], out: Path, progress:
     if not _exists_on_main(global_dir / "final.pt"):
         gcfg = RunConfig.from_dict(cfg.to_dict())
         gcfg.global_.strategy = global_strategy
-        pretrain_global(gcfg, pool, out=global_dir, resume=True, progress=progress)
+        pretrain_global(gcfg, pool, out=global_dir, resume=True, progress=progress, val=val)
     if local_strategy is None:
         return Pretrained(init, global_dir / "final.pt")
     local_dir = out / "pretrain" / init
@@ -97,7 +99,8 @@ def pretrain(init: str, cfg: RunConfig, pool: list[Volume], out: Path, progress:
         lcfg = RunConfig.from_dict(cfg.to_dict())
         lcfg.global_.strategy = global_strategy
         lcfg.local.strategy = local_strategy
-        pretrain_local(lcfg, pool, init=global_dir / "final.pt", out=local_dir, resume=True, progress=progress)
+        pretrain_local(lcfg, pool, init=global_dir / "final.pt", out=local_dir, resume=True, progress=progress,
+                       val=val)
     return Pretrained(init, local_dir / "final.pt")
 
 
@@ -156,7 +159,9 @@ def run_experiment(
     out = Path(out)
     # under torchrun rank 0 owns the folder and the CSV; the other ranks train in lockstep and write nothing
     main = distributed.is_main()
-    distributed.run_on_main(lambda: _record_grid(out, cfg, inits, n_labelled, seeds))
+    # the grid's Dice resolution (validation and test) is fixed when the grid is created: see _record_grid
+    resolution = distributed.broadcast_object(
+        distributed.run_on_main(lambda: _record_grid(out, cfg, inits, n_labelled, seeds)))
     csv_path = out / "results.csv"
     done = distributed.broadcast_object(finished_cells(csv_path) if main else None)
     with distributed.main_first():
@@ -164,13 +169,13 @@ def run_experiment(
     names = class_names_of(cfg)
     log = log if main else (lambda *_: None)
     log(f"experiment: {split}; {len(inits)} initialisations x {n_labelled} labelled x seeds {seeds}; "
-        f"{len(done)} cells already done -> {csv_path}")
+        f"Dice at {resolution} resolution; {len(done)} cells already done -> {csv_path}")
     for init in inits:
         todo = [(n, s) for n in n_labelled for s in seeds if (init, n, s) not in done]
         if not todo:
             continue
         t0 = time.perf_counter()
-        weights = pretrain(init, cfg, split.pool, out, progress=progress)
+        weights = pretrain(init, cfg, split.pool, out, progress=progress, val=split.val)
         log(f"  {init}: pre-training ready ({time.perf_counter() - t0:.1f} s)")
         for n, seed in todo:
             t0 = time.perf_counter()
@@ -180,10 +185,11 @@ def run_experiment(
             labelled = draw_labelled(split.pool, n, seed)
             run_dir = out / "finetune" / init / f"n{n}_s{seed}"
             result = finetune(fcfg, labelled, split.val, init=weights.checkpoint, out=run_dir, resume=True,
-                              progress=progress)
+                              progress=progress, val_resolution=resolution)
             if not main:  # every rank holds the same weights: rank 0 tests and records
                 continue
-            scores = evaluate(result.model, split.test, n_classes=cfg.model.n_classes, class_names=names)
+            scores = evaluate(result.model, split.test, n_classes=cfg.model.n_classes, class_names=names,
+                              resolution=resolution)
             rows = [{"method": method_of(init), "strategy": init, "n_labelled": n, "seed": seed,
                      "volume": r["volume"], "class": r["class"], "dice": r["dice"]} for r in scores.to_dict("records")]
             append_rows(csv_path, rows)
@@ -195,10 +201,13 @@ def run_experiment(
     return pd.read_csv(csv_path)
 
 
-def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[int], seeds: list[int]) -> None:
+def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[int], seeds: list[int]) -> str:
     """Keep the grid's configuration beside its results; refuse to mix results of different configurations
-    (speed settings may differ)."""
-    spec = {"config": json.loads(json.dumps(cfg.to_dict())), "inits": inits, "n_labelled": n_labelled, "seeds": seeds}
+    (speed settings may differ). Returns the grid's Dice resolution (``evaluate``'s ``resolution``): ``"native"``
+    for a new grid; a grid whose ``experiment.json`` predates the ``dice_resolution`` entry was scored on the
+    preprocessed grid and keeps ``"resampled"``, so one CSV never mixes the two."""
+    spec = {"config": json.loads(json.dumps(cfg.to_dict())), "inits": inits, "n_labelled": n_labelled, "seeds": seeds,
+            "dice_resolution": "native"}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "experiment.json"
     if path.exists():
@@ -208,7 +217,9 @@ def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[i
         # a later call may widen the grid; keep the union
         for key in ("inits", "n_labelled", "seeds"):
             spec[key] = list(dict.fromkeys(saved[key] + spec[key]))
+        spec["dice_resolution"] = saved.get("dice_resolution", "resampled")
     path.write_text(json.dumps(spec, indent=2) + "\n")
+    return spec["dice_resolution"]
 
 
 def _results_config(config: dict) -> dict:

@@ -29,9 +29,11 @@ import torch.nn.functional as F
 from glcl_core.data.split import Split, draw_labelled
 from glcl_core.data.volume import Volume
 from glcl_core.models import LocalHead, UNet, load_pretrained
-from glcl_core.strategies import SPARSE_NEGATIVES, local_masks, local_region_corners
+from glcl_core.strategies import SPARSE_NEGATIVES, local_masks, local_region_corners, resolve_local_negatives
 from glcl_core.train.config import LocalConfig, RunConfig
-from glcl_core.train.loops import StageResult, build_model, evaluate, finetune, pretrain_global, pretrain_local
+from glcl_core.train.loops import (
+    StageResult, build_local_head, build_model, evaluate, finetune, pretrain_global, pretrain_local,
+)
 
 __all__ = [
     "feature_maps",
@@ -145,7 +147,7 @@ def random_local_model(
     torch.manual_seed(seed)
     try:
         model = build_model(cfg)
-        head = LocalHead(in_channels=model.decoder_channels(n_blocks))
+        head = build_local_head(cfg, model, n_blocks)  # g2 (and region projection) as cfg.local builds them
     finally:
         torch.random.set_rng_state(state)  # leave the caller's random stream as it was
     if init is not None:
@@ -228,7 +230,7 @@ def middle_slices(volumes: Sequence[Volume], partitions: Sequence[int], n_partit
         image=torch.arange(len(images)),
         volume=torch.tensor(volume),
         partition=torch.tensor(partition),
-        position=torch.tensor(position, dtype=torch.float32),
+        position=torch.tensor(position, dtype=torch.float64),
     )
 
 
@@ -268,12 +270,20 @@ def mask_counts(
     return pd.DataFrame(rows).set_index("slice")
 
 
-def negatives_per_anchor(form: str, n_negatives: int | None, n_regions: int) -> int:
-    """How many negatives each anchor region has: ``n_negatives`` if given, else 10 (sparse) or every other
-    region in both views, ``2 (R - 1)`` (dense)."""
-    if n_negatives is not None:
-        return int(n_negatives)
-    return SPARSE_NEGATIVES if form == "sparse" else 2 * (int(n_regions) - 1)
+def negatives_per_anchor(form: str, n_negatives: int | None, n_regions: int, strategy: str = "LR",
+                         negatives: str | None = None, ld_negative_regions: int = 4) -> int:
+    """How many negatives each anchor region (each positive pair, for the official L^D) has.
+
+    ``n_negatives`` for random negatives; every other region in both views, ``2 (R - 1)``, for ``"all"`` (the
+    dense default); the official table: 10 (5 regions x 2 views) for LR, ``2 x ld_negative_regions`` (official
+    8) for LD. ``negatives=None`` resolves as in :func:`~glcl_core.strategies.resolve_local_negatives`.
+    """
+    mode = resolve_local_negatives(form, negatives, n_negatives)
+    if mode == "random":
+        return SPARSE_NEGATIVES if n_negatives is None else int(n_negatives)
+    if mode == "all":
+        return 2 * (int(n_regions) - 1)
+    return 2 * int(ld_negative_regions) if strategy == "LD" else SPARSE_NEGATIVES
 
 
 def chance_loss(n_negatives: int) -> float:
@@ -414,7 +424,8 @@ def local_ablation(
             result.local[name] = local
             h, w = local.model.feature_shape(lc.decoder_blocks)
             n_regions = 13 if lc.form == "sparse" else (h // lc.region_size) * (w // lc.region_size)
-            n_neg = negatives_per_anchor(lc.form, lc.n_negatives, n_regions)
+            n_neg = negatives_per_anchor(lc.form, lc.n_negatives, n_regions, strategy=lc.strategy,
+                                         negatives=lc.negatives, ld_negative_regions=lc.ld_negative_regions)
             hist = local.history
             first = float(hist["loss"].dropna().iloc[: max(1, len(hist) // 5)].mean()) if len(hist) else np.nan
             row.update({"strategy": lc.strategy, "form": lc.form, "decoder_blocks": lc.decoder_blocks,

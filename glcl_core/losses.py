@@ -16,6 +16,9 @@ Masks come in two shapes:
 * block-structured (:class:`BlockMask`): ``z: (G, n, D)`` in ``G`` blocks of ``n`` (local loss: one block per
   image, ``n = 2 x regions``); the ``(G*n, G*n)`` mask is ``outer[a, b] & inner[q, q']`` and is never built, so a
   dense 48x48 local loss costs ``O(pairs of blocks x n^2)`` time and bounded memory (``chunk_size``).
+
+:func:`pair_info_nce` is the same term with one negative set per positive *pair* (given as indices), which the
+official L^D needs (its negatives depend on the positive); it is for small sparse problems only.
 """
 from __future__ import annotations
 
@@ -37,6 +40,12 @@ __all__ = [
     "BlockMask",
     "masked_info_nce",
     "info_nce_loop_reference",
+    "pair_info_nce",
+    "SPARSE_LATTICE",
+    "SPARSE_EXTRA_LATTICE",
+    "OFFICIAL_SPARSE_NEGATIVES",
+    "OFFICIAL_SPARSE_NEGATIVES_1X1",
+    "official_negative_regions",
     "sparse_region_corners",
     "grid_region_corners",
     "pool_regions",
@@ -442,6 +451,77 @@ def _negative_logsumexp(
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Per-pair negatives (the official L^D): small index-based form of the same InfoNCE term
+# ----------------------------------------------------------------------------------------------------------------
+def pair_info_nce(
+    z: torch.Tensor,
+    anchor: torch.Tensor,
+    key: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float,
+    reduction: str = "pairs",
+) -> torch.Tensor:
+    """InfoNCE where every positive *pair* has its own negatives (``masked_info_nce`` has one set per anchor).
+
+    For pair ``j = (i, p) = (anchor[j], key[j])``::
+
+        term_j = -log( exp(s_ip) / (exp(s_ip) + sum_{k in negatives[j]} exp(s_ik)) ),   s = cos / t
+
+    The official L^D needs this form: the negatives of a pair come from the two images of that pair, so one
+    anchor has different negatives for each of its positives. Everything is gathered by index, so the cost is
+    ``O(P x M x D)``: meant for the sparse local form (a few hundred pairs, a handful of negatives each).
+
+    Args:
+        z: ``(N, D)`` embeddings (L2-normalised here).
+        anchor, key: ``(P,)`` int64 indices into ``z``; ``anchor[j] != key[j]``.
+        negatives: ``(P, M)`` int64 indices into ``z``, the negatives of each pair (``M`` may be 0). An index listed
+            twice counts twice; the anchor and the key of a pair must not be among its own negatives.
+        temperature: ``t > 0``.
+        reduction: ``"pairs"`` (mean over pairs) or ``"anchors"`` (mean over anchors of the mean over their pairs).
+
+    Returns:
+        Scalar loss, float32 (float64 if ``z`` is float64), computed with autocast off (as :func:`masked_info_nce`).
+    """
+    temperature = _check_temperature(temperature)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+    if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() != 2:
+        raise ValueError(f"z must be a floating-point (N, D) tensor, got {_describe(z)}")
+    n = z.shape[0]
+    index = {}
+    for name, t, dims in (("anchor", anchor, 1), ("key", key, 1), ("negatives", negatives, 2)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.long or t.dim() != dims:
+            raise TypeError(f"{name} must be an int64 tensor with {dims} dimension(s), got {_describe(t)}")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
+            raise ValueError(f"{name} has indices outside [0, {n})")
+        index[name] = t.to(z.device)
+    anchor, key, negatives = index["anchor"], index["key"], index["negatives"]
+    p = anchor.shape[0]
+    if p == 0:
+        raise ValueError("no positive pair in the batch")
+    if key.shape[0] != p or negatives.shape[0] != p:
+        raise ValueError(f"anchor, key and negatives must have the same number of pairs, got "
+                         f"{p}, {key.shape[0]} and {negatives.shape[0]}")
+    if (anchor == key).any():
+        raise ValueError("a positive pair joins an embedding with itself (anchor == key)")
+    if negatives.numel() and ((negatives == anchor[:, None]) | (negatives == key[:, None])).any():
+        raise ValueError("a pair lists its own anchor or key among its negatives")
+    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    with _autocast_off(z.device):
+        emb = F.normalize(z.to(dtype), dim=-1)
+        a = emb[anchor]  # (P, D)
+        pos_logits = (a * emb[key]).sum(-1) / temperature  # (P,)
+        neg_logits = torch.bmm(emb[negatives], a.unsqueeze(-1)).squeeze(-1) / temperature  # (P, M)
+        terms = torch.logsumexp(torch.cat([pos_logits[:, None], neg_logits], dim=1), dim=1) - pos_logits
+        if reduction == "pairs":
+            return terms.mean()
+        per_anchor = torch.zeros(n, dtype=dtype, device=z.device).index_add(0, anchor, terms)
+        counts = torch.bincount(anchor, minlength=n)
+        has = counts > 0
+        return (per_anchor[has] / counts[has].to(dtype)).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Reference (tests and benchmark): a per-pair Python loop written straight from the definition
 # ----------------------------------------------------------------------------------------------------------------
 def info_nce_loop_reference(
@@ -481,11 +561,71 @@ def info_nce_loop_reference(
 # ----------------------------------------------------------------------------------------------------------------
 # Regions of a feature map (local loss)
 # ----------------------------------------------------------------------------------------------------------------
-def sparse_region_corners(height: int, width: int, region_size: int = 3) -> torch.Tensor:
-    """Top-left corners ``(13, 2)`` (row, col) of the paper's 13 fixed regions.
+# The sparse regions as lattice positions (fy, fx) in quarters of the span (span = side - K - 1): corner
+# = f * span // 4, so one unit q = 11 on a 48x48 map with K = 3. Region r is SPARSE_LATTICE[r] (the official order).
+SPARSE_LATTICE = (
+    (0, 0), (0, 2), (0, 4), (2, 0), (2, 2), (2, 4), (4, 0), (4, 2), (4, 4), (1, 1), (1, 3), (3, 1), (3, 3)
+)
+# Four positions the official 3x3 negative table uses that are not among the 13 regions: pooled as regions 13..16,
+# only ever negatives (never anchors, never positives).
+SPARSE_EXTRA_LATTICE = ((1, 2), (2, 1), (2, 3), (3, 2))
+# The official code's hand-picked negatives of each region (3x3 regions; lattice positions, in the code's order,
+# which matters: its L^D keeps only the first 4 of each row). Checked against the official models.py
+# (decoder_pretrain_net, 13 regions, local_reg_size=1).
+OFFICIAL_SPARSE_NEGATIVES = (
+    ((0, 2), (1, 1), (1, 2), (2, 0), (2, 1)),
+    ((0, 0), (0, 4), (1, 1), (1, 3), (2, 2)),
+    ((0, 2), (1, 2), (1, 3), (2, 3), (2, 4)),
+    ((0, 0), (1, 1), (2, 2), (4, 0), (3, 1)),
+    ((1, 1), (1, 3), (3, 1), (3, 3), (2, 0)),
+    ((0, 4), (2, 2), (4, 4), (1, 3), (3, 3)),
+    ((2, 0), (2, 1), (4, 2), (3, 1), (3, 2)),
+    ((2, 2), (4, 0), (4, 4), (3, 1), (3, 3)),
+    ((2, 3), (2, 4), (4, 2), (3, 3), (3, 2)),
+    ((0, 0), (0, 2), (2, 0), (2, 2), (1, 3)),
+    ((0, 2), (0, 4), (1, 1), (2, 2), (2, 4)),
+    ((2, 0), (2, 2), (4, 0), (4, 2), (3, 3)),
+    ((2, 2), (2, 4), (4, 2), (4, 4), (3, 1)),
+)
+# The official code's second table, for 1x1 regions (local_reg_size=0); all of its positions are among the 13.
+OFFICIAL_SPARSE_NEGATIVES_1X1 = (
+    ((0, 2), (2, 0), (2, 2), (1, 1), (1, 3)),
+    ((0, 0), (0, 4), (2, 2), (1, 1), (1, 3)),
+    ((0, 2), (2, 2), (2, 4), (3, 1), (1, 3)),
+    ((0, 0), (2, 2), (4, 0), (1, 1), (3, 1)),
+    ((1, 1), (1, 3), (3, 1), (3, 3), (2, 0)),
+    ((0, 4), (2, 2), (4, 4), (1, 3), (3, 3)),
+    ((2, 0), (2, 2), (4, 2), (3, 1), (1, 1)),
+    ((2, 2), (4, 0), (4, 4), (3, 1), (3, 3)),
+    ((2, 2), (2, 4), (4, 2), (3, 3), (3, 1)),
+    ((0, 0), (0, 2), (2, 0), (2, 2), (1, 3)),
+    ((0, 2), (0, 4), (2, 2), (2, 4), (3, 3)),
+    ((2, 0), (2, 2), (4, 0), (0, 2), (1, 1)),
+    ((2, 2), (2, 4), (4, 2), (4, 4), (1, 3)),
+)
+
+
+def official_negative_regions(region_size: int = 3) -> torch.Tensor:
+    """The official hand-picked negatives as region indices: ``(13, 5)`` int64, row ``r`` = the negatives of region
+    ``r`` in the official order, indices into the 17 regions of ``sparse_region_corners(..., extras=True)``
+    (0..12 the sparse regions, 13..16 the extra positions of :data:`SPARSE_EXTRA_LATTICE`).
+
+    ``region_size == 1`` gives the official 1x1 table (only indices < 13); any other size the 3x3 table (the
+    official code has tables for 1x1 and 3x3 regions only).
+    """
+    table = OFFICIAL_SPARSE_NEGATIVES_1X1 if int(region_size) == 1 else OFFICIAL_SPARSE_NEGATIVES
+    position = {pos: i for i, pos in enumerate(SPARSE_LATTICE + SPARSE_EXTRA_LATTICE)}
+    return torch.tensor([[position[pos] for pos in row] for row in table], dtype=torch.long)
+
+
+def sparse_region_corners(height: int, width: int, region_size: int = 3, extras: bool = False) -> torch.Tensor:
+    """Top-left corners ``(13, 2)`` (row, col) of the paper's 13 fixed regions; ``(17, 2)`` with ``extras=True``.
 
     A 3x3 lattice at fractions {0, 1/2, 1} plus a 2x2 lattice at {1/4, 3/4} of the span ``side - K - 1`` (the
-    official code's 44 for a 48x48 map with K = 3), i.e. corners from {0, 11, 22, 33, 44} on a 48x48 map.
+    official code's 44 for a 48x48 map with K = 3), i.e. corners from {0, 11, 22, 33, 44} on a 48x48 map: region
+    ``r`` sits at ``SPARSE_LATTICE[r] * span // 4``. ``extras=True`` appends the 4 positions of
+    :data:`SPARSE_EXTRA_LATTICE` (rows 13..16), which the official negative table uses as negatives only.
+    With K = 1 the official code's span is ``side - 1``, one more than here (a small shift of the far corners).
     """
     spans = []
     for side, name in ((height, "height"), (width, "width")):
@@ -497,7 +637,7 @@ def sparse_region_corners(height: int, width: int, region_size: int = 3) -> torc
             )
         spans.append(span)
     sy, sx = spans
-    lattice = [(fy, fx) for fy in (0, 2, 4) for fx in (0, 2, 4)] + [(fy, fx) for fy in (1, 3) for fx in (1, 3)]
+    lattice = SPARSE_LATTICE + (SPARSE_EXTRA_LATTICE if extras else ())
     return torch.tensor([[fy * sy // 4, fx * sx // 4] for fy, fx in lattice], dtype=torch.long)
 
 

@@ -241,7 +241,11 @@ class GlobalHead(nn.Module):
     """g1: projects the bottleneck ``(B, C, h, w)`` to an embedding ``(B, out_dim)``.
 
     ``mode="dense"`` (GLCL): flatten ``C*h*w`` -> Linear(hidden) -> ReLU -> Linear(out_dim); needs ``spatial``.
-    ``mode="pooled"`` (PCL-like): global average pool -> Linear(hidden) -> ReLU -> Linear(out_dim); any ``h, w``.
+    GLCL's code: hidden 1024, out 128 (its two dense layers have no bias; these have one).
+    ``mode="pooled"`` (PCL): global average pool ``(B, C)`` -> Linear(hidden) -> ReLU -> Linear(out_dim); any
+    ``h, w``. PCL's code: hidden = C (its bottleneck, 16f), out 512, with biases.
+
+    ``hidden=None``: 1024 for ``"dense"``, ``C = in_channels`` for ``"pooled"``.
     """
 
     def __init__(
@@ -249,7 +253,7 @@ class GlobalHead(nn.Module):
         in_channels: int,
         spatial: int | Sequence[int] | None = None,
         mode: str = "dense",
-        hidden: int = 1024,
+        hidden: int | None = None,
         out_dim: int = 128,
     ) -> None:
         super().__init__()
@@ -265,10 +269,14 @@ class GlobalHead(nn.Module):
         else:
             self.spatial = None
             in_features = self.in_channels
-        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+        if hidden is None:
+            hidden = 1024 if mode == "dense" else self.in_channels
+        self.hidden, self.out_dim = int(hidden), int(out_dim)
+        self.mlp = nn.Sequential(nn.Linear(in_features, self.hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(self.hidden, self.out_dim))
 
     @classmethod
-    def for_unet(cls, model: UNet, mode: str = "dense", hidden: int = 1024, out_dim: int = 128) -> "GlobalHead":
+    def for_unet(cls, model: UNet, mode: str = "dense", hidden: int | None = None, out_dim: int = 128) -> "GlobalHead":
         c, h, w = model.bottleneck_shape
         return cls(c, (h, w), mode=mode, hidden=hidden, out_dim=out_dim)
 
@@ -286,27 +294,69 @@ class GlobalHead(nn.Module):
         return self.mlp(x.flatten(1))
 
 
-class LocalHead(nn.Module):
-    """g2: two 1x1 convs with a ReLU between. ``(B, C, h, w) -> (B, out_dim, h, w)``.
+LOCAL_PROJECTIONS = ("linear", "none")
 
-    ``hidden`` and ``out_dim`` default to ``in_channels`` (as in the official code). ``norm=True`` adds a
-    BatchNorm after the first conv (the official code has one; the paper does not mention it).
+
+class LocalHead(nn.Module):
+    """g2 of the local stage, and the projection of its regions. ``forward``: ``(B, C, h, w) -> (B, out_dim, h, w)``.
+
+    ``norm=True`` (default, the official code's g2): 1x1 conv (no bias) -> BatchNorm -> ReLU -> 1x1 conv (no bias).
+    ``norm=False``: 1x1 conv -> ReLU -> 1x1 conv, both with a bias (the paper's description, two 1x1 convs; the
+    earlier default here). ``hidden`` and ``out_dim`` default to ``in_channels`` (as in the official code).
+
+    :meth:`project_regions`, with ``projection="linear"`` (default, the official code with its default switch on):
+    every pooled region, a vector of ``D_in`` values, goes through one learned linear layer shared by all regions,
+    views and slices, to ``projection_dim`` (128) values, without bias (as the official dense layer).
+    ``D_in = out_dim * K * K`` for ``pooling="flatten"`` (576 for 64 channels and K = 3) and ``out_dim`` for
+    ``"mean"``. ``projection="none"``: no layer; regions are compared as pooled. The layer is part of this module,
+    so it is trained, saved and loaded with g2.
     """
 
-    def __init__(self, in_channels: int, hidden: int | None = None, out_dim: int | None = None, norm: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        hidden: int | None = None,
+        out_dim: int | None = None,
+        norm: bool = True,
+        projection: str = "linear",
+        region_size: int = 3,
+        pooling: str = "flatten",
+        projection_dim: int = 128,
+    ):
         super().__init__()
         hidden = int(hidden or in_channels)
         out_dim = int(out_dim or in_channels)
+        if projection not in LOCAL_PROJECTIONS:
+            raise ValueError(f"unknown region projection {projection!r}; choose one of {', '.join(LOCAL_PROJECTIONS)}")
+        if pooling not in ("flatten", "mean"):
+            raise ValueError(f"unknown pooling {pooling!r}; choose 'flatten' or 'mean'")
         self.out_dim = out_dim
+        self.norm = bool(norm)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, hidden, kernel_size=1, bias=not norm),
             nn.BatchNorm2d(hidden) if norm else nn.Identity(),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, out_dim, kernel_size=1),
+            nn.Conv2d(hidden, out_dim, kernel_size=1, bias=not norm),
         )
+        self.region_size, self.pooling = int(region_size), pooling
+        self.projection: nn.Linear | None = None
+        if projection == "linear":
+            in_features = out_dim * self.region_size ** 2 if pooling == "flatten" else out_dim
+            self.projection = nn.Linear(in_features, int(projection_dim), bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def project_regions(self, regions: torch.Tensor) -> torch.Tensor:
+        """``(..., D_in)`` pooled regions -> ``(..., projection_dim)``; the regions themselves without a projection."""
+        if self.projection is None:
+            return regions
+        if regions.shape[-1] != self.projection.in_features:
+            raise ValueError(
+                f"regions have {regions.shape[-1]} values, the projection expects {self.projection.in_features} "
+                f"({self.out_dim} channels, {self.pooling} pooling of {self.region_size}x{self.region_size} regions)"
+            )
+        return self.projection(regions)
 
 
 # ------------------------------------------------------------------------ partial loading

@@ -34,7 +34,7 @@ class _SliceSampler:
         labels: ``(N, H, W)`` int64 or None.
         slice_volume: ``(N,)`` int64 index of the volume (position in the list given).
         slice_partition: ``(N,)`` int64 partition of the slice within its volume (-1 if ``n_partitions`` is None).
-        slice_position: ``(N,)`` float32 ``(k + 1) / Z``.
+        slice_position: ``(N,)`` float64 ``(k + 1) / Z`` (float64 as in PCL's code; see ``Volume.positions``).
         offsets: ``(M + 1,)`` int64, slices of volume ``i`` are ``offsets[i]:offsets[i+1]``.
     """
 
@@ -69,7 +69,7 @@ class _SliceSampler:
             if with_labels else None
         )
         self.slice_volume = torch.from_numpy(np.repeat(np.arange(len(volumes), dtype=np.int64), sizes))
-        self.slice_position = torch.from_numpy(np.concatenate([v.positions for v in volumes]).astype(np.float32))
+        self.slice_position = torch.from_numpy(np.concatenate([v.positions for v in volumes]).astype(np.float64))
         if n_partitions is None:
             self.slice_partition = torch.full((int(sizes.sum()),), -1, dtype=torch.int64)
         else:

@@ -14,44 +14,96 @@ strategy    positives of anchor i                                           nega
 In ``GD-``, same-partition slices of other volumes are neither positive nor negative. In ``GD``, two different
 slices of the same partition of the *same* volume (not drawn by the paper's sampler) are neither.
 
+``GD`` pairing (``pairing`` / ``GlobalConfig.gd_pairing``):
+
+* ``"all"`` (paper, default): every other volume of the batch is a partner: the same-partition slices of all other
+  volumes, both views, are positives.
+* ``"neighbour"`` (GLCL's official code): a volume is paired with its two neighbours on a ring only, and only
+  view with view. Volumes take slots ``0..m-1`` in the order their first row appears in the batch (the
+  :class:`~glcl_core.samplers.PartitionSampler`'s draw order; under torchrun the gathered batch keeps it, since
+  ranks hold contiguous runs of volumes); slot ``j``'s partners are ``j - 1`` and ``j + 1`` modulo ``m``. A row's
+  view is the rank of its occurrence among the rows of its ``image`` (first row 0, second row 1). Same-partition
+  slices of other volumes that are not partners are neither positive nor negative (they share the anchor's
+  partition, so they are no negatives either), as in the official code.
+
+  The official code (``stitch_batch_global_loss_gd`` and the ``global_loss_exp_no == 2`` loss of its
+  ``models.py``) stitches blocks of ``S`` original slices of one volume then the same ``S`` slices augmented, and
+  pairs block ``k`` with block ``k + 1`` (indices taken modulo the batch, hence a ring): original with original,
+  augmented with augmented. Its two "views" are the un-augmented image and one crop + intensity augmentation; here
+  both views are augmented. Its batch also holds all-zero images in 16 of 48 slots, which take part in the ring.
+
+Share of the same-slice term under the ``pairs`` reduction (every positive pair counts once; with ``m`` volumes and
+2 views each anchor has 1 same-slice positive and ``c`` positives from other volumes, so the same-slice term
+carries ``1 / (1 + c)`` of the loss):
+
+* ``"all"``: ``c = 2 (m - 1)``, share ``1 / (2m - 1)`` (m = 6: 1/11; m = 3: 1/5).
+* ``"neighbour"``: ``c = min(2, m - 1)``, share ``1/3`` for ``m >= 3`` (1/2 for m = 2).
+* The official code itself adds the same-slice term of each block twice (once as its own anchor block, once as
+  the partner of the previous block) and each cross-volume pair once per direction, so there the same-slice term
+  carries ``2 / (2 + 2) = 1/2`` of its loss; the masks here count every positive pair once.
+
 Local (decoder block + g2 feature maps of two intensity-only views, pixel-aligned; a region is a K x K patch):
 
 * ``LR``: positive = the same region of the same image in the other view; negatives = other regions of the same
   image, both views.
-* ``LD``: as ``LR``, plus the same region in slices of the same partition of other volumes (both views).
+* ``LD`` (``ld_pairs="official"``, the official code's form): anchors in view 1 only; positives = the same region
+  in view 2 and in view 1 of same-partition slices of other volumes; each pair's negatives = listed regions of the
+  pair's two maps (per-pair negatives, :func:`local_ld_pairs` + :func:`~glcl_core.losses.pair_info_nce`).
+  ``ld_pairs="symmetric"``: anchors in both views, the same region of partners in both views also positive,
+  negatives per anchor from its own image (mask kernel).
 
-``form="sparse"``: the paper's 13 fixed regions, ``n_negatives`` (default 10 = 5 other regions x 2 views, as in
-the official code) per anchor. ``form="dense"``: every region of a stride-K grid, every other region of the image a
-negative; computed block by block (one block per image) with bounded memory.
+``form="sparse"``: the paper's 13 fixed regions; negatives (``negatives``): ``"official"`` (default) = the official
+code's hand-picked table, 5 regions per region x 2 views = 10 (L^D: the first 4 per map), 4 of whose positions are
+extra, negative-only regions; ``"random"`` = ``n_negatives`` from a fixed random draw of regions. ``form="dense"``:
+every region of a stride-K grid, every other region of the image a negative (``"all"``); computed block by block
+(one block per image) with bounded memory. See :func:`local_loss` for the remaining deviations.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+from glcl_core.batch import to_device
 from glcl_core.losses import (
+    OFFICIAL_SPARSE_NEGATIVES,
+    SPARSE_LATTICE,
     BlockMask,
     grid_region_corners,
     masked_info_nce,
+    official_negative_regions,
+    pair_info_nce,
     pool_regions,
     sparse_region_corners,
 )
 
 GLOBAL_STRATEGIES = ("GR", "GD-", "GD", "PCL")
 GLOBAL_REDUCTION = {"GR": "pairs", "GD-": "pairs", "GD": "pairs", "PCL": "anchors"}
+GD_PAIRINGS = ("all", "neighbour")  # paper (every other volume) | official code (ring neighbours, view with view)
 LOCAL_STRATEGIES = ("LR", "LD")
 LOCAL_FORMS = ("sparse", "dense")
-SPARSE_NEGATIVES = 10  # official code: 5 hand-picked other regions x 2 views
+SPARSE_NEGATIVES = 10  # official L^R: 5 hand-picked other regions x 2 views (also the default random draw)
+LOCAL_NEGATIVES = ("official", "random", "all")  # hand-picked table (sparse) | fixed random draw | every other region
+LD_PAIRS = ("official", "symmetric")  # official L^D (view-1 anchors, per-pair negatives) | mask-kernel form
+LD_NEGATIVE_REGIONS = 4  # official L^D: the first 4 of the 5 listed regions per map (cut "due to memory issues")
 _DEFAULT_SEED = 0  # fixed draw of sparse/sampled negatives when no generator is given (like the hand-picked ones)
 _DENSE_PIECE = 1 << 24  # similarity entries per piece (~64 MB float32) when chunk_size is not given
 
 __all__ = [
     "GLOBAL_STRATEGIES",
     "GLOBAL_REDUCTION",
+    "GD_PAIRINGS",
     "LOCAL_STRATEGIES",
     "LOCAL_FORMS",
+    "LOCAL_NEGATIVES",
+    "LD_PAIRS",
+    "LD_NEGATIVE_REGIONS",
+    "SPARSE_NEGATIVES",
+    "OFFICIAL_SPARSE_NEGATIVES",
+    "official_negative_regions",
+    "resolve_local_negatives",
+    "local_ld_pairs",
     "global_masks",
     "global_loss",
     "local_masks",
@@ -86,6 +138,7 @@ def global_masks(
     partition: torch.Tensor | None,
     position: torch.Tensor | None,
     threshold: float = 0.1,
+    pairing: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive and negative masks of a global strategy.
 
@@ -93,13 +146,20 @@ def global_masks(
         strategy: one of :data:`GLOBAL_STRATEGIES`.
         image, volume, partition, position: ``(N,)`` metadata (views of one slice share ``image``). Only those the
             strategy reads are required (GR: image; GD-: image, partition; GD: image, volume, partition;
-            PCL: position); the others may be ``None``.
+            PCL: position); the others may be ``None``. ``position`` should be float64, as the samplers give it
+            (PCL's code compares float64 positions): it is compared in float64, and a float32 input has already
+            been rounded, which flips pairs where ``threshold * Z`` is an integer.
         threshold: PCL's position threshold (0.1 CHD, 0.35 ACDC).
+        pairing: GD only, one of :data:`GD_PAIRINGS`: ``"all"`` (paper: every other volume is a partner) or
+            ``"neighbour"`` (official code: ring neighbours in order of first appearance, view with view); see
+            the module docstring.
 
     Returns:
         ``positives, negatives``: ``(N, N)`` bool on the metadata's device, diagonals False.
     """
     _check_strategy(strategy, GLOBAL_STRATEGIES, "global")
+    if pairing not in GD_PAIRINGS:
+        raise ValueError(f"unknown GD pairing {pairing!r}; valid: {', '.join(GD_PAIRINGS)}")
     first = next((m for m in (image, volume, partition, position) if m is not None), None)
     if first is None:
         raise ValueError("global_masks needs metadata, got only None")
@@ -115,9 +175,12 @@ def global_masks(
     if strategy == "PCL":
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
             raise ValueError(f"PCL threshold must be a number > 0, got {threshold!r}")
-        pos_vec = vec(position, "position").to(torch.float64)
+        # on the positions' own device (the CPU on Apple MPS, which has no float64), then the bool mask moves
+        pos = _metadata_vector(position, "position", None, None)
+        pos = (pos.cpu() if pos.device.type == "mps" else pos).to(torch.float64)
+        n = pos.shape[0]
         others = ~torch.eye(n, dtype=torch.bool, device=device)
-        positives = ((pos_vec[:, None] - pos_vec[None, :]).abs() < threshold) & others
+        positives = ((pos[:, None] - pos[None, :]).abs() < threshold).to(device) & others
         return positives, others
 
     img = vec(image, "image")
@@ -134,7 +197,33 @@ def global_masks(
         return same_image, other_partition
     vol = vec(volume, "volume")
     same_partition_other_volume = (part[:, None] == part[None, :]) & (vol[:, None] != vol[None, :])
+    if pairing == "neighbour":
+        slot = _appearance_slots(vol)  # (N,) volume slot 0..m-1
+        m = int(slot.max()) + 1
+        gap = (slot[:, None] - slot[None, :]) % m
+        ring = (gap != 0) & ((gap == 1) | (gap == m - 1))
+        view = _occurrence_index(img)  # (N,) 0 for a slice's first row, 1 for its second
+        same_partition_other_volume &= ring & (view[:, None] == view[None, :])
     return same_image | same_partition_other_volume, other_partition
+
+
+def _appearance_slots(ids: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` int64: the rank of each row's id among the distinct ids, ordered by first appearance."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    n = ids.shape[0]
+    rows = torch.arange(n, device=ids.device)
+    first = torch.full((unique.shape[0],), n, dtype=torch.int64, device=ids.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    rank = torch.empty_like(first)
+    rank[first.argsort()] = torch.arange(unique.shape[0], device=ids.device)
+    return rank[inverse]
+
+
+def _occurrence_index(ids: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` int64: how many earlier rows share each row's id (0 for the first view of a slice, 1 for the second)."""
+    same = ids[:, None] == ids[None, :]
+    earlier = torch.ones_like(same).tril(-1)
+    return (same & earlier).sum(dim=1)
 
 
 def _metadata(batch_or_metadata: Any) -> dict[str, Any]:
@@ -155,27 +244,122 @@ def global_loss(
     strategy: str,
     temperature: float = 0.1,
     threshold: float = 0.1,
+    pairing: str = "all",
 ) -> torch.Tensor:
     """Global contrastive loss of ``strategy`` over embeddings ``z: (N, D)`` of a batch's ``N`` views.
 
     ``batch_or_metadata``: a :class:`glcl_core.batch.Batch` or a mapping with ``(N,)`` ``image``, ``volume``,
-    ``partition``, ``position``. Uses the reduction of :data:`GLOBAL_REDUCTION`.
+    ``partition``, ``position``. Uses the reduction of :data:`GLOBAL_REDUCTION`. ``pairing``: GD's partners
+    (:data:`GD_PAIRINGS`, see :func:`global_masks`).
     """
     _check_strategy(strategy, GLOBAL_STRATEGIES, "global")
     meta = _metadata(batch_or_metadata)
     if not isinstance(z, torch.Tensor) or z.dim() != 2:
         raise ValueError(f"z must be (N, D), got {getattr(z, 'shape', type(z).__name__)}")
-    meta = {k: (None if v is None else torch.as_tensor(v).to(z.device)) for k, v in meta.items()}
+    meta = {k: (None if v is None else to_device(torch.as_tensor(v), z.device)) for k, v in meta.items()}
     for k, v in meta.items():
         if v is not None and v.shape[:1] != z.shape[:1]:
             raise ValueError(f"{k} has {v.shape[0] if v.dim() else 0} entries but z has {z.shape[0]} embeddings")
-    positives, negatives = global_masks(strategy, **meta, threshold=threshold)
+    positives, negatives = global_masks(strategy, **meta, threshold=threshold, pairing=pairing)
     return masked_info_nce(z, positives, negatives, temperature, GLOBAL_REDUCTION[strategy])
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Local strategies
 # ----------------------------------------------------------------------------------------------------------------
+def resolve_local_negatives(form: str, negatives: str | None = None, n_negatives: int | None = None) -> str:
+    """Which negatives a local loss uses, one of :data:`LOCAL_NEGATIVES`.
+
+    ``negatives=None`` picks: ``"random"`` if ``n_negatives`` is given (the behaviour before the official table
+    existed), else ``"official"`` for the sparse form and ``"all"`` for the dense form (the official code has no
+    dense form). ``"official"`` exists for the sparse form only; ``n_negatives`` only goes with ``"random"``.
+    """
+    if form not in LOCAL_FORMS:
+        raise ValueError(f"unknown local form {form!r}; valid: {', '.join(LOCAL_FORMS)}")
+    if negatives is None:
+        if n_negatives is not None:
+            return "random"
+        return "official" if form == "sparse" else "all"
+    if negatives not in LOCAL_NEGATIVES:
+        raise ValueError(f"unknown local negatives {negatives!r}; valid: {', '.join(LOCAL_NEGATIVES)}")
+    if negatives == "official" and form != "sparse":
+        raise ValueError("the official hand-picked negatives exist for the sparse form only; use 'all' or 'random'")
+    if negatives != "random" and n_negatives is not None:
+        raise ValueError(f"n_negatives={n_negatives!r} only applies to negatives='random', got {negatives!r}")
+    return negatives
+
+
+def _negative_table(
+    strategy: str,
+    n_regions: int,
+    negatives: str,
+    n_negatives: int | None,
+    generator: torch.Generator | None,
+    region_size: int,
+    ld_negative_regions: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, int]:
+    """``(table, n_total)``: ``table (R, k)`` int64, row ``r`` = the regions (indices into ``n_total`` pooled
+    regions per map) whose embeddings are negatives of region ``r``, in each of the two maps concerned."""
+    r = int(n_regions)
+    if negatives == "official":
+        if r != len(SPARSE_LATTICE):
+            raise ValueError(f"the official negatives are defined for the {len(SPARSE_LATTICE)} sparse regions, "
+                             f"got {n_regions} regions")
+        table = official_negative_regions(region_size)
+        n_total = max(r, int(table.max()) + 1)  # 17 with the 3x3 table (4 negative-only positions), 13 with 1x1
+        if strategy == "LD":
+            k = ld_negative_regions
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= table.shape[1]:
+                raise ValueError(f"ld_negative_regions must be an int in [1, {table.shape[1]}], got {k!r}")
+            table = table[:, :k]  # the official L^D keeps the first 4 of the 5 listed
+        return table.to(device), n_total
+    if negatives == "all":
+        others = ~torch.eye(r, dtype=torch.bool)
+        return torch.arange(r).expand(r, r)[others].reshape(r, r - 1).to(device), r
+    if n_negatives is None:
+        n_negatives = SPARSE_NEGATIVES
+    if isinstance(n_negatives, bool) or not isinstance(n_negatives, int) or n_negatives < 2 or n_negatives % 2:
+        raise ValueError(
+            "n_negatives counts negatives per anchor over both views (official: 5 regions x 2 views = 10); "
+            f"it must be an even int >= 2, got {n_negatives!r}"
+        )
+    k = n_negatives // 2
+    if k > r - 1:
+        raise ValueError(f"n_negatives={n_negatives} needs {k} other regions, but a map has only {r - 1}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(_DEFAULT_SEED)
+    scores = torch.rand((r, r), generator=generator, device=generator.device)
+    scores.fill_diagonal_(2.0)  # never draw the region itself
+    return scores.topk(k, dim=1, largest=False).indices.to(device), r  # (R, k) other regions per region
+
+
+def _ld_partners(image: torch.Tensor, volume: Any, partition: Any) -> torch.Tensor:
+    """``(B, B)`` bool: same partition, other volume (the L^D partners of each slice)."""
+    b, device = image.shape[0], image.device
+    vol = _metadata_vector(volume, "volume", b, device)
+    part = _metadata_vector(partition, "partition", b, device)
+    if (part < 0).any():
+        raise ValueError("LD needs slices drawn by partition (partition >= 0); got partition -1")
+    return (part[:, None] == part[None, :]) & (vol[:, None] != vol[None, :])
+
+
+def _block_masks(strategy: str, img: torch.Tensor, volume: Any, partition: Any, table: torch.Tensor,
+                 n_regions: int, n_total: int) -> tuple[BlockMask, BlockMask]:
+    device = img.device
+    same_image = img[:, None] == img[None, :]
+    outer_pos = same_image
+    if strategy == "LD":
+        outer_pos = same_image | _ld_partners(img, volume, partition)
+    region = torch.arange(2 * n_total, device=device) % n_total  # q -> region, for both views
+    same_region = region[:, None] == region[None, :]
+    inner_pos = same_region & (region < n_regions)[:, None]  # negative-only positions have no positives
+    region_neg = torch.zeros(n_total, n_total, dtype=torch.bool, device=device)
+    region_neg[torch.arange(n_regions, device=device)[:, None], table.to(device)] = True
+    inner_neg = region_neg.repeat(2, 2)  # both views of the listed regions
+    return BlockMask(outer_pos, inner_pos), BlockMask(same_image, inner_neg)
+
+
 def local_masks(
     strategy: str,
     image: torch.Tensor,
@@ -185,61 +369,95 @@ def local_masks(
     *,
     n_negatives: int | None = None,
     generator: torch.Generator | None = None,
+    negatives: str | None = None,
+    region_size: int = 3,
+    ld_negative_regions: int = LD_NEGATIVE_REGIONS,
 ) -> tuple[BlockMask, BlockMask]:
-    """Block masks of a local strategy: one block per slice, ``q = view * n_regions + region`` inside a block.
+    """Block masks of a local strategy in its mask (kernel) form: one block per slice, ``q = view * n_total +
+    region`` inside a block.
+
+    This is the exact official L^R and the *symmetric* L^D (see :func:`local_loss`); the official L^D has
+    per-pair negatives and is built by :func:`local_ld_pairs` instead.
 
     Args:
         strategy: ``"LR"`` or ``"LD"``.
         image, volume, partition: ``(B,)`` metadata of the ``B`` slices (each seen in 2 views).
-        n_regions: regions per feature map (13 sparse, grid size dense).
-        n_negatives: negatives per anchor counted over both views (so ``n_negatives / 2`` other regions, each in
-            both views); ``None`` = every other region. Drawn per region from ``generator`` (a fixed seed if None),
-            the same regions for every slice, as in the official code.
+        n_regions: anchor regions per feature map (13 sparse, grid size dense).
+        n_negatives: with ``negatives="random"``: negatives per anchor counted over both views (``n_negatives / 2``
+            other regions, each in both views; default 10), drawn per region from ``generator`` (a fixed seed if
+            None), the same regions for every slice.
+        negatives: ``"official"`` (the hand-picked table; ``n_regions`` must be 13), ``"random"`` or ``"all"``
+            (every other region). ``None``: ``"random"`` if ``n_negatives`` is given, else ``"all"``.
+        region_size: selects the official table (1x1 or 3x3 regions).
+        ld_negative_regions: LD with the official table: how many of the 5 listed regions are used (official: 4).
 
     Returns:
-        ``positives, negatives`` as :class:`BlockMask` (``outer (B, B)``, ``inner (2R, 2R)``); ``.to_dense()``
-        gives the ``(2BR, 2BR)`` matrix. Self pairs are left in ``positives`` (same region, same view, same slice):
-        the kernel always drops ``i == p``.
+        ``positives, negatives`` as :class:`BlockMask` (``outer (B, B)``, ``inner (2T, 2T)``) with ``T =
+        n_regions`` except for the official 3x3 table, where ``T = 17``: the 13 regions, then the 4 negative-only
+        positions (:data:`~glcl_core.losses.SPARSE_EXTRA_LATTICE`), which have no positives (so are never anchors)
+        and are negatives only. ``.to_dense()`` gives the ``(2BT, 2BT)`` matrix. Self pairs are left in
+        ``positives`` (same region, same view, same slice): the kernel always drops ``i == p``.
     """
     _check_strategy(strategy, LOCAL_STRATEGIES, "local")
     img = _metadata_vector(image, "image", None, None)
-    device = img.device
-    b = img.shape[0]
     r = int(n_regions)
     if r < 2:
         raise ValueError(f"the local loss needs at least 2 regions per map, got {n_regions}")
+    if negatives is None:
+        negatives = "all" if n_negatives is None else "random"
+    elif negatives not in LOCAL_NEGATIVES:
+        raise ValueError(f"unknown local negatives {negatives!r}; valid: {', '.join(LOCAL_NEGATIVES)}")
+    elif negatives != "random" and n_negatives is not None:
+        raise ValueError(f"n_negatives={n_negatives!r} only applies to negatives='random', got {negatives!r}")
+    table, n_total = _negative_table(strategy, r, negatives, n_negatives, generator, region_size,
+                                     ld_negative_regions, img.device)
+    return _block_masks(strategy, img, volume, partition, table, r, n_total)
 
-    same_image = img[:, None] == img[None, :]
-    outer_pos = same_image
-    if strategy == "LD":
-        vol = _metadata_vector(volume, "volume", b, device)
-        part = _metadata_vector(partition, "partition", b, device)
-        if (part < 0).any():
-            raise ValueError("LD needs slices drawn by partition (partition >= 0); got partition -1")
-        outer_pos = same_image | ((part[:, None] == part[None, :]) & (vol[:, None] != vol[None, :]))
 
-    region = torch.arange(2 * r, device=device) % r  # q -> region, for both views
-    same_region = region[:, None] == region[None, :]
-    if n_negatives is None:
-        inner_neg = ~same_region
-    else:
-        if isinstance(n_negatives, bool) or not isinstance(n_negatives, int) or n_negatives < 2 or n_negatives % 2:
-            raise ValueError(
-                "n_negatives counts negatives per anchor over both views (official: 5 regions x 2 views = 10); "
-                f"it must be an even int >= 2, got {n_negatives!r}"
-            )
-        k = n_negatives // 2
-        if k > r - 1:
-            raise ValueError(f"n_negatives={n_negatives} needs {k} other regions, but a map has only {r - 1}")
-        if generator is None:
-            generator = torch.Generator().manual_seed(_DEFAULT_SEED)
-        scores = torch.rand((r, r), generator=generator, device=generator.device)
-        scores.fill_diagonal_(2.0)  # never draw the region itself
-        chosen = scores.topk(k, dim=1, largest=False).indices.to(device)  # (R, k) other regions per region
-        region_neg = torch.zeros(r, r, dtype=torch.bool, device=device)
-        region_neg[torch.arange(r, device=device)[:, None], chosen] = True
-        inner_neg = region_neg.repeat(2, 2)  # both views of the chosen regions
-    return BlockMask(outer_pos, same_region), BlockMask(same_image, inner_neg)
+def local_ld_pairs(
+    image: torch.Tensor, volume: torch.Tensor, partition: torch.Tensor, table: torch.Tensor, n_total: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The official L^D as index triples over region embeddings laid out ``(B, 2, T)`` and flattened: embedding
+    ``(b * 2 + view) * T + region`` (view 0 = view 1 of the paper).
+
+    For every slice ``a`` and region ``r < R`` (``R = table.shape[0]``) the anchor is region ``r`` of ``a`` in
+    view 1 only, with the positive pairs
+
+    * ``(a, view 1) -> (a, view 2)``: negatives = the regions ``table[r]`` of ``a`` in view 1 and in view 2;
+    * ``(a, view 1) -> (p, view 1)`` for every partner ``p`` (same partition, other volume): negatives = the
+      regions ``table[r]`` of ``a`` in view 1 and of ``p`` in view 1.
+
+    Returns:
+        ``anchor (P,)``, ``key (P,)``, ``negatives (P, 2k)`` int64 for :func:`~glcl_core.losses.pair_info_nce`.
+    """
+    img = _metadata_vector(image, "image", None, None)
+    device = img.device
+    b = img.shape[0]
+    table = table.to(device)
+    r, k = table.shape
+    t = int(n_total)
+
+    def index(slices: torch.Tensor, view: int, regions: torch.Tensor) -> torch.Tensor:
+        return (slices * 2 + view) * t + regions
+
+    regions = torch.arange(r, device=device)
+    # own second view: (B, R) pairs
+    own = torch.arange(b, device=device)[:, None].expand(b, r)
+    reg = regions.expand(b, r)
+    anchor_own = index(own, 0, reg)
+    key_own = index(own, 1, reg)
+    neg_own = torch.cat([index(own[..., None], 0, table[reg]), index(own[..., None], 1, table[reg])], dim=-1)
+    # partners' first view: (Q, R) pairs for the Q (slice, partner) pairs
+    pa, pb = _ld_partners(img, volume, partition).nonzero(as_tuple=True)
+    q = pa.shape[0]
+    pa, pb, reg_q = pa[:, None].expand(q, r), pb[:, None].expand(q, r), regions.expand(q, r)
+    anchor_p = index(pa, 0, reg_q)
+    key_p = index(pb, 0, reg_q)
+    neg_p = torch.cat([index(pa[..., None], 0, table[reg_q]), index(pb[..., None], 0, table[reg_q])], dim=-1)
+    anchor = torch.cat([anchor_own.reshape(-1), anchor_p.reshape(-1)])
+    key = torch.cat([key_own.reshape(-1), key_p.reshape(-1)])
+    negatives = torch.cat([neg_own.reshape(-1, 2 * k), neg_p.reshape(-1, 2 * k)])
+    return anchor, key, negatives
 
 
 def local_loss(
@@ -257,28 +475,75 @@ def local_loss(
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
     reduction: str = "pairs",
+    *,
+    negatives: str | None = None,
+    ld_pairs: str = "official",
+    ld_negative_regions: int = LD_NEGATIVE_REGIONS,
+    region_projection: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Local contrastive loss over decoder feature maps of two pixel-aligned views.
 
+    Defaults follow the official code (``decoder_pretrain_net`` in its ``models.py``, 13 regions of 3x3):
+
+    * sparse regions, negatives from the hand-picked table (:data:`~glcl_core.losses.OFFICIAL_SPARSE_NEGATIVES`);
+      its 4 positions outside the 13 regions are pooled as extra regions that are only negatives;
+    * L^R: every region of both views is an anchor; its one positive is the same region in the other view; its
+      negatives are its 5 listed regions in both views (10). Per-anchor and per-pair negatives coincide here, so
+      the mask kernel computes it exactly;
+    * L^D (``ld_pairs="official"``, sparse form): anchors in view 1 only; positives: the same region in view 2
+      of the same slice and in view 1 of every same-partition slice of another volume; each *pair* has its own
+      8 negatives, the first 4 listed regions (``ld_negative_regions``) in each of the pair's two maps (see
+      :func:`local_ld_pairs`), computed by :func:`~glcl_core.losses.pair_info_nce`;
+    * ``region_projection``: the official code's learned, shared, bias-free linear map of every flattened region
+      to 128 values (:meth:`glcl_core.models.LocalHead.project_regions`, which the training loop passes);
+      ``None`` (this function's default) compares the pooled regions themselves (the code's switch turned off).
+
+    Remaining deviations from the official code: the loss is the mean over positive pairs (the code divides its
+    sum by the number of regions and by ``2B``, i.e. the same for L^R and 3/2 of the mean for its L^D with 3
+    volumes: a constant factor); the official L^D pairs each slice with the slices 4 and 8 places later (modulo
+    12) in its batch of exactly 3 volumes x 4 partitions, i.e. the same-partition slices of the two other
+    volumes; here a slice is paired with those of every other volume in the batch (the same set for 3 volumes).
+    The official code flattens regions channels-last, here channel-major: a fixed permutation of a flattened
+    region, which changes no similarity without a projection and only reorders the projection's weights with one.
+    For K = 1 the official corners use a span one pixel longer (see
+    :func:`~glcl_core.losses.sparse_region_corners`); its 1x1 negative table is used.
+
+    Options: ``negatives="random"`` (``n_negatives`` per anchor over both views, a fixed random draw of
+    ``n_negatives / 2`` regions per region; for the official L^D, per pair over its two maps) or ``"all"`` (every
+    other region; the dense default). ``ld_pairs="symmetric"``: L^D in the mask kernel with
+    anchors in both views, positives = the same region in the other view and in both views of partners, and
+    per-*anchor* negatives = the listed regions of the anchor's own slice (both views): this differs from the
+    official L^D in the anchor views, in the partners' view-2 positives and in the partner's negatives. The dense
+    form (not in the official code) always uses the symmetric L^D, since its per-pair form would be too large.
+
     Args:
         f1, f2: ``(B, C, h, w)`` maps (after g2) of view 1 and view 2 of the same ``B`` slices.
-        image, volume, partition: ``(B,)`` metadata of those slices.
+        image, volume, partition: ``(B,)`` metadata of those slices (volume, partition: LD only).
         strategy: ``"LR"`` or ``"LD"``.
         form: ``"sparse"`` (13 fixed regions) or ``"dense"`` (stride-K grid over the whole map).
         region_size: K.
         pooling: ``"flatten"`` (``C*K*K`` per region, paper) or ``"mean"`` (``C``).
-        n_negatives: negatives per anchor over both views; ``None`` = 10 for sparse, every other region for dense.
+        n_negatives: negatives per anchor over both views for ``negatives="random"`` (default 10).
         temperature: t.
-        chunk_size: anchor rows per similarity piece (memory bound); ``None`` = about 16M similarities per piece.
-        generator: draws the sampled negatives (fixed draw if None).
+        chunk_size: anchor rows per similarity piece (mask kernel; memory bound); ``None`` = about 16M
+            similarities per piece.
+        generator: draws the random negatives (fixed draw if None).
         reduction: ``"pairs"`` (paper) or ``"anchors"``.
+        negatives: ``"official"``, ``"random"`` or ``"all"``; ``None``: see :func:`resolve_local_negatives`.
+        ld_pairs: ``"official"`` or ``"symmetric"`` (LD only; the dense form is always symmetric).
+        ld_negative_regions: LD with the official table: listed regions used per map (official 4 of 5).
+        region_projection: maps ``(B, 2T, D_in)`` pooled regions to ``(B, 2T, D_out)``, ``D_in = C*K*K``
+            (flatten) or ``C`` (mean); ``None`` = no projection. ``T`` = regions pooled per map: 17 with the
+            official 3x3 table (13 + 4 negative-only), 13 otherwise for sparse, the grid size for dense; view 1's
+            regions come first.
 
     Returns:
-        Scalar loss (float32).
+        Scalar loss (float32; float64 for float64 maps).
     """
     _check_strategy(strategy, LOCAL_STRATEGIES, "local")
-    if form not in LOCAL_FORMS:
-        raise ValueError(f"unknown local form {form!r}; valid: {', '.join(LOCAL_FORMS)}")
+    negatives = resolve_local_negatives(form, negatives, n_negatives)
+    if ld_pairs not in LD_PAIRS:
+        raise ValueError(f"unknown ld_pairs {ld_pairs!r}; valid: {', '.join(LD_PAIRS)}")
     for name, f in (("f1", f1), ("f2", f2)):
         if not isinstance(f, torch.Tensor) or f.dim() != 4:
             raise ValueError(f"{name} must be (B, C, h, w), got {getattr(f, 'shape', type(f).__name__)}")
@@ -289,25 +554,45 @@ def local_loss(
     vol = _metadata_vector(volume, "volume", b, f1.device) if volume is not None else None
     part = _metadata_vector(partition, "partition", b, f1.device) if partition is not None else None
 
-    corners = sparse_region_corners(h, w, region_size) if form == "sparse" else None
+    if form == "sparse":
+        n_regions = len(SPARSE_LATTICE)
+    else:
+        n_regions = len(grid_region_corners(h, w, region_size))
+    if n_regions < 2:
+        raise ValueError(f"the local loss needs at least 2 regions per map, got {n_regions}")
+    table, n_total = _negative_table(strategy, n_regions, negatives, n_negatives, generator, region_size,
+                                     ld_negative_regions, f1.device)
+    corners = sparse_region_corners(h, w, region_size, extras=n_total > n_regions) if form == "sparse" else None
     regions = torch.cat(
         [pool_regions(f1, region_size, pooling, corners), pool_regions(f2, region_size, pooling, corners)], dim=1
-    )  # (B, 2R, D): view 1 regions, then view 2 regions
-    n_regions = regions.shape[1] // 2
-    if n_negatives is None and form == "sparse":
-        n_negatives = SPARSE_NEGATIVES
-    positives, negatives = local_masks(
-        strategy, img, vol, part, n_regions, n_negatives=n_negatives, generator=generator
-    )
+    )  # (B, 2T, D): view 1 regions, then view 2 regions
+    if region_projection is not None:
+        regions = region_projection(regions)
+        if not isinstance(regions, torch.Tensor) or regions.dim() != 3 or regions.shape[:2] != (b, 2 * n_total):
+            raise ValueError(f"region_projection must map (B, 2T, D_in) to (B, 2T, D_out), got "
+                             f"{getattr(regions, 'shape', type(regions).__name__)}")
+    if strategy == "LD" and ld_pairs == "official" and form == "sparse":
+        anchor, key, pair_negatives = local_ld_pairs(img, vol, part, table, n_total)
+        return pair_info_nce(regions.reshape(b * 2 * n_total, -1), anchor, key, pair_negatives, temperature,
+                             reduction)
+    positives, negative_mask = _block_masks(strategy, img, vol, part, table, n_regions, n_total)
     if chunk_size is None:
         chunk_size = max(1, _DENSE_PIECE // regions.shape[1])
-    return masked_info_nce(regions, positives, negatives, temperature, reduction, chunk_size=chunk_size)
+    return masked_info_nce(regions, positives, negative_mask, temperature, reduction, chunk_size=chunk_size)
 
 
-def local_region_corners(height: int, width: int, form: str = "sparse", region_size: int = 3) -> torch.Tensor:
-    """Top-left corners ``(R, 2)`` of the regions a local ``form`` uses (for plots): region ``r`` is row ``r``."""
+def local_region_corners(
+    height: int, width: int, form: str = "sparse", region_size: int = 3, extras: bool = False
+) -> torch.Tensor:
+    """Top-left corners ``(R, 2)`` of the regions a local ``form`` uses (for plots): region ``r`` is row ``r``.
+
+    ``extras=True`` (sparse only) appends the 4 negative-only positions of the official table (rows 13..16), so
+    ``local_region_corners(h, w, extras=True)[official_negative_regions()]`` are the official negatives' corners.
+    """
     if form not in LOCAL_FORMS:
         raise ValueError(f"unknown local form {form!r}; valid: {', '.join(LOCAL_FORMS)}")
     if form == "sparse":
-        return sparse_region_corners(height, width, region_size)
+        return sparse_region_corners(height, width, region_size, extras=extras)
+    if extras:
+        raise ValueError("extras (the official negative-only positions) exist for the sparse form only")
     return grid_region_corners(height, width, region_size)

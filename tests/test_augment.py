@@ -266,3 +266,64 @@ def test_cpu_generator_drives_device_tensors(device):
     assert torch.equal(noisy[0], again[0])
     img, lab = augment_pair(x.to(device)[:4, :, :, :], square_labels(4, 48).to(device), gen(0))
     assert lab.device.type == device and lab.dtype == torch.int64
+
+
+def test_glcl_crop_corner_stays_in_its_range():
+    # A ramp along x (columns) and one along y (rows): after a 100/192 crop with its top-left corner in
+    # [10/192, 70/192) of the side, the first output pixel samples the corner, the crop spans 100/192.
+    w = 192
+    ramp_x = torch.linspace(0, 1, w).expand(64, 1, w, w).contiguous()
+    params = GlobalAug(**{**NO_SPATIAL, "p_crop": 1.0}, **NO_INTENSITY)
+    view, _ = global_views(ramp_x, gen(0), params)
+    start = view[:, 0, w // 2, 0]
+    span = view[:, 0, w // 2, -1] - start
+    assert torch.allclose(span, torch.full_like(span, 100 / 192), atol=0.02)
+    assert start.min() >= 10 / 192 - 0.01 and start.max() <= 70 / 192 + 0.01
+    assert start.max() - start.min() > 0.2  # the corner does vary over its range
+    ramp_y = ramp_x.transpose(-1, -2).contiguous()
+    view_y, _ = global_views(ramp_y, gen(1), params)
+    start_y = view_y[:, 0, 0, w // 2]
+    assert start_y.min() >= 10 / 192 - 0.01 and start_y.max() <= 70 / 192 + 0.01
+    # The old behaviour (corner anywhere the crop fits) is the crop_origin=None option and reaches the far edge.
+    anywhere = GlobalAug(crop_origin=None, **{**NO_SPATIAL, "p_crop": 1.0}, **NO_INTENSITY)
+    view_any, _ = global_views(ramp_x, gen(0), anywhere)
+    assert view_any[:, 0, w // 2, 0].max() > 0.4
+
+
+def test_glcl_intensity_is_one_draw_per_view_batch():
+    # Brightness and contrast are drawn once per call (view batch): every image of a view gets the same shift.
+    x = torch.full((8, 1, 16, 16), 0.5)
+    params = GlobalAug(**NO_SPATIAL)
+    v1, v2 = global_views(x, gen(0), params)
+    for v in (v1, v2):
+        assert torch.allclose(v, v[:1].expand_as(v))
+    assert not torch.allclose(v1, v2)  # the two views have their own draws
+    per_image = GlobalAug(per_batch=False, **NO_SPATIAL)
+    u, _ = global_views(x, gen(0), per_image)
+    assert u.flatten(1).mean(1).unique().numel() > 1
+    assert v1.min() >= 0.0 and v1.max() <= 1.5  # GLCL clips to [0, 1.5]
+
+
+def test_global_augmentation_names():
+    from glcl_core.augment import GLOBAL_AUGMENTATIONS, global_augmentation
+
+    glcl = global_augmentation("glcl")
+    assert glcl.p_rotation == 0 and glcl.p_hflip == 0 and glcl.p_scale == 0  # no geometry in GLCL's global stage
+    assert glcl.crop_origin == (10 / 192, 70 / 192) and glcl.per_batch and glcl.clip == (0.0, 1.5)
+    geo = global_augmentation("glcl+geometric")
+    assert geo.p_rotation > 0 and geo.p_hflip > 0 and geo.crop_side == glcl.crop_side
+    assert set(GLOBAL_AUGMENTATIONS) >= {"glcl", "glcl+geometric", "pcl"}
+    with pytest.raises(ValueError, match="unknown global augmentation"):
+        global_augmentation("simclr")
+
+
+def test_pcl_views_are_spatial_only():
+    from glcl_core.augment import global_augmentation
+
+    pcl = global_augmentation("pcl")
+    assert pcl.p_brightness == 0 and pcl.p_contrast == 0 and pcl.p_crop == 0
+    x = smooth_images(b=16)
+    v1, v2 = global_views(x, gen(0), pcl)
+    assert (v1 - x).abs().mean() > 0.01  # flips / rotations move pixels
+    # no intensity map: every view's values stay inside the image's range (bilinear sampling, zeros outside)
+    assert v1.min() >= 0.0 and v1.max() <= x.max() + 1e-5

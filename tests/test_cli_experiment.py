@@ -26,6 +26,27 @@ def test_cli_choices_match_library():
     assert tuple(PRESETS) == EMBEDDED_PRESETS
 
 
+def test_cli_preset_parses():
+    from glcl_core.__main__ import PRESET_CHOICES, _config, build_parser
+    from glcl_core.train.config import PRESETS
+
+    assert PRESET_CHOICES == tuple(PRESETS)
+    parser = build_parser()
+    args = parser.parse_args(["pretrain", "--preset", "pcl", "--profile", "cpu"])
+    assert args.preset == "pcl" and args.strategy is None
+    g = _config(args).global_
+    assert (g.strategy, g.optimizer, g.schedule, g.head, g.head_dim, g.batch_size) == (
+        "PCL", "sgd", "cosine", "pooled", 512, 32)
+    args = parser.parse_args(["experiment", "--preset", "pcl", "--profile", "ci", "--inits", "GD"])
+    assert args.preset == "pcl" and _config(args).global_.optimizer == "sgd"
+    # without a preset: GLCL's defaults; an explicit --strategy (an override, as _cmd_pretrain passes it) wins
+    plain = parser.parse_args(["pretrain", "--profile", "cpu"])
+    assert plain.preset is None and _config(plain).global_.optimizer == "adam"
+    gd = parser.parse_args(["pretrain", "--preset", "pcl", "--strategy", "GD", "--profile", "ci"])
+    assert _config(gd, global_={"strategy": gd.strategy}).global_.strategy == "GD"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pretrain", "--preset", "simclr"])
+
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "experiment"])
 def test_cli_help(command):
     proc = _cli(command, "--help")
@@ -69,7 +90,8 @@ def test_cli_pretrain_finetune_evaluate(tmp_path, capsys):
     assert main(["finetune", "--profile", "ci", "--init", str(out / "local" / "final.pt"), "--n-labelled", "1",
                  "--out", str(ft)]) == 0
     metrics = pd.read_csv(ft / "metrics.csv")
-    assert set(metrics.columns) == {"volume", "class", "dice"} and metrics["dice"].between(0, 1).all()
+    assert set(metrics.columns) == {"volume", "class", "dice", "resolution"} and metrics["dice"].between(0, 1).all()
+    assert set(metrics["resolution"]) == {"native"}  # embedded volumes carry their native grid
     assert main(["evaluate", "--profile", "ci", "--checkpoint", str(ft / "final.pt"),
                  "--out", str(tmp_path / "e.csv")]) == 0
     again = pd.read_csv(tmp_path / "e.csv")
@@ -106,6 +128,23 @@ def test_experiment_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="another configuration"):
         experiment.run_experiment(make_config("ci", finetune={"lr": 0.5}), tmp_path, inits=["random"],
                                   n_labelled=[1], seeds=[0], progress=False, log=lambda *_: None)
+
+
+def test_grid_dice_resolution_is_fixed_per_folder(tmp_path):
+    """A new grid scores at native resolution; a grid folder from before the entry keeps the preprocessed grid
+    (its CSV must not mix the two)."""
+    import json
+
+    cfg = make_config("ci")
+    assert experiment._record_grid(tmp_path / "new", cfg, ["random"], [1], [0]) == "native"
+    assert experiment._record_grid(tmp_path / "new", cfg, ["random"], [1], [1]) == "native"
+    old = tmp_path / "old"
+    experiment._record_grid(old, cfg, ["random"], [1], [0])
+    spec = json.loads((old / "experiment.json").read_text())
+    del spec["dice_resolution"]
+    (old / "experiment.json").write_text(json.dumps(spec))
+    assert experiment._record_grid(old, cfg, ["random"], [1], [0, 1]) == "resampled"
+    assert json.loads((old / "experiment.json").read_text())["dice_resolution"] == "resampled"
 
 
 def test_cli_experiment_on_varied_preset_with_own_finetune_length(tmp_path, capsys):

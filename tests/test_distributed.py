@@ -23,7 +23,7 @@ from glcl_core.train.config import make_config
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
-CASES = ("GD", "PCL", "LR", "finetune")
+CASES = ("GD", "PCL", "LR", "finetune", "finetune_glcl")
 WORLD = 2
 
 
@@ -98,7 +98,8 @@ def compute_cases(rank: int, world: int) -> dict[str, dict]:
             sampler = LabelledSliceSampler(vols, cfg.finetune.batch_size, seed=3).shard(rank, world)
             batch = sampler.sample()
             net = loops._prepare(cfg, model)
-            loss = loops.segmentation_loss(net(batch.images.double()), batch.labels)
+            kind = "glcl" if case == "finetune_glcl" else "dice+ce"  # glcl: per-image Dice over the global batch
+            loss = loops.segmentation_loss(net(batch.images.double()), batch.labels, kind)
             trained = [model]
         loss.backward()
         grads = {f"{i}.{k}": g for i, m in enumerate(trained) for k, g in _grads(m).items()}
@@ -144,8 +145,8 @@ def test_sampler_shards_are_disjoint_and_make_the_global_batch():
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
-    """G^D, PCL, L^R and fine-tuning: the 2-process loss, the DDP-averaged gradients and the batch-norm running
-    statistics equal those of one process on the same global batch (float64)."""
+    """G^D, PCL, L^R and fine-tuning (dice+ce and GLCL's per-image Dice): the 2-process loss, the DDP-averaged
+    gradients and the batch-norm running statistics equal those of one process on the same global batch (float64)."""
     torch.multiprocessing.spawn(_worker, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     single = compute_cases(0, 1)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]

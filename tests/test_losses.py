@@ -11,6 +11,7 @@ from glcl_core.losses import (
     grid_region_corners,
     info_nce_loop_reference,
     masked_info_nce,
+    pair_info_nce,
     pool_regions,
     sparse_region_corners,
 )
@@ -390,3 +391,82 @@ def test_pool_regions_errors():
         pool_regions(f, 3, corners=[[4, 0]])
     with pytest.raises(ValueError, match=r"\(B, C, h, w\)"):
         pool_regions(f[0], 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pair_info_nce: negatives per positive pair
+# ---------------------------------------------------------------------------------------------------------------
+def pair_case(n=9, d=5, m=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    anchor = torch.tensor([0, 0, 1, 4, 4, 4, 7])
+    key = torch.tensor([1, 2, 0, 5, 6, 8, 3])
+    negatives = torch.stack([torch.tensor([k for k in torch.randperm(n, generator=g).tolist() if k not in (a, p)][:m])
+                             for a, p in zip(anchor.tolist(), key.tolist())])
+    return z, anchor, key, negatives
+
+
+def pair_loop(z, anchor, key, negatives, t, reduction="pairs"):
+    zn = z / z.norm(dim=1, keepdim=True)
+    terms = {}
+    for a, p, negs in zip(anchor.tolist(), key.tolist(), negatives.tolist()):
+        s_p = zn[a] @ zn[p] / t
+        den = torch.exp(s_p) + sum(torch.exp(zn[a] @ zn[k] / t) for k in negs)
+        terms.setdefault(a, []).append(-torch.log(torch.exp(s_p) / den))
+    if reduction == "pairs":
+        return torch.stack([x for v in terms.values() for x in v]).mean()
+    return torch.stack([torch.stack(v).mean() for v in terms.values()]).mean()
+
+
+@pytest.mark.parametrize("reduction", ["pairs", "anchors"])
+@pytest.mark.parametrize("t", [0.1, 0.5])
+def test_pair_info_nce_matches_loop(reduction, t):
+    z, anchor, key, negatives = pair_case()
+    got = pair_info_nce(z, anchor, key, negatives, t, reduction)
+    torch.testing.assert_close(got, pair_loop(z, anchor, key, negatives, t, reduction), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda x: pair_info_nce(x, anchor, key, negatives, t, reduction), (z.clone().requires_grad_(),)
+    )
+
+
+def test_pair_info_nce_equals_kernel_when_negatives_are_per_anchor():
+    z, positives, negatives = random_case(8, 4, seed=3)
+    negatives &= ~positives  # the kernel counts a positive that is also a negative once; keep them apart
+    positives.fill_diagonal_(False)
+    negatives.fill_diagonal_(False)
+    anchor, key = positives.nonzero(as_tuple=True)
+    # pad every anchor's negatives to the same number by listing each pair's negatives, then compare per pair
+    for a in range(8):
+        negatives[a] &= negatives[a].cumsum(0) <= 2  # at most 2 negatives per anchor, same for all pairs of a
+    keep = negatives[anchor].sum(1) == 2
+    anchor, key = anchor[keep], key[keep]
+    per_pair = torch.stack([negatives[a].nonzero().flatten() for a in anchor.tolist()])
+    masks = torch.zeros_like(positives)
+    masks[anchor, key] = True
+    want = masked_info_nce(z, masks, negatives, 0.2)
+    torch.testing.assert_close(pair_info_nce(z, anchor, key, per_pair, 0.2), want, rtol=1e-12, atol=1e-12)
+
+
+def test_pair_info_nce_constant_embeddings_and_errors():
+    z = torch.ones(6, 3)
+    anchor, key, negatives = torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([[2, 3, 4], [3, 4, 5]])
+    loss = pair_info_nce(z, anchor, key, negatives, 0.1)
+    assert loss.dtype == torch.float32 and float(loss) == pytest.approx(math.log(4))
+    no_neg = pair_info_nce(z, anchor, key, negatives[:, :0], 0.1)
+    assert float(no_neg) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="own anchor or key"):
+        pair_info_nce(z, anchor, key, torch.tensor([[1, 3, 4], [3, 4, 5]]), 0.1)
+    with pytest.raises(ValueError, match="itself"):
+        pair_info_nce(z, anchor, anchor, negatives, 0.1)
+    with pytest.raises(ValueError, match="outside"):
+        pair_info_nce(z, anchor, key, torch.tensor([[2, 3, 6], [3, 4, 5]]), 0.1)
+    with pytest.raises(TypeError, match="int64"):
+        pair_info_nce(z, anchor.int(), key, negatives, 0.1)
+    with pytest.raises(ValueError, match="same number"):
+        pair_info_nce(z, anchor, key[:1], negatives, 0.1)
+    with pytest.raises(ValueError, match="no positive"):
+        pair_info_nce(z, anchor[:0], key[:0], negatives[:0], 0.1)
+    with pytest.raises(ValueError, match="reduction"):
+        pair_info_nce(z, anchor, key, negatives, 0.1, "mean")
+    with pytest.raises(ValueError, match="temperature"):
+        pair_info_nce(z, anchor, key, negatives, 0.0)

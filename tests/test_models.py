@@ -149,12 +149,58 @@ def test_global_head_dense_and_pooled():
         GlobalHead(c, (h, w), mode="attention")
 
 
+def test_global_head_pcl_projection():
+    """PCL's projection: global average pool -> Linear(C, C) -> ReLU -> Linear(C, 512), on our bottleneck C."""
+    model = UNet(channels=SMALL, img_size=64)
+    c, h, w = model.bottleneck_shape
+    head = GlobalHead.for_unet(model, mode="pooled", hidden=None, out_dim=512)
+    assert head.hidden == c and head.out_dim == 512
+    first, act, last = head.mlp
+    assert (first.in_features, first.out_features, last.in_features, last.out_features) == (c, c, c, 512)
+    assert isinstance(act, torch.nn.ReLU) and first.bias is not None and last.bias is not None
+    x = torch.randn(5, c, h, w)
+    z = head(x)
+    assert z.shape == (5, 512)
+    torch.testing.assert_close(z, last(torch.relu(first(x.mean(dim=(2, 3))))))
+    # hidden=None keeps GLCL's 1024 for the dense head
+    assert GlobalHead.for_unet(model, mode="dense").hidden == 1024
+
+
 def test_local_head():
     head = LocalHead(64)
     assert head(torch.randn(2, 64, 12, 12)).shape == (2, 64, 12, 12)
     head = LocalHead(16, hidden=32, out_dim=8, norm=True)
     assert head(torch.randn(2, 16, 5, 6)).shape == (2, 8, 5, 6)
     assert isinstance(head.net[1], torch.nn.BatchNorm2d)
+
+
+def test_local_head_official_g2_and_projection():
+    head = LocalHead(64)  # defaults: the official g2 and region projection
+    types = [type(m) for m in head.net]
+    assert types == [torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU, torch.nn.Conv2d]
+    assert head.net[0].kernel_size == head.net[3].kernel_size == (1, 1)
+    assert head.net[0].bias is None and head.net[3].bias is None  # the official convs have no bias
+    g2 = 64 * 64 + 2 * 64 + 64 * 64  # conv, BN (weight, bias), conv
+    assert count_parameters(head.net) == g2 == 8320
+    assert isinstance(head.projection, torch.nn.Linear) and head.projection.bias is None
+    assert (head.projection.in_features, head.projection.out_features) == (576, 128)  # 64 x 3 x 3 -> 128
+    assert count_parameters(head) == g2 + 576 * 128
+    assert head(torch.randn(2, 64, 12, 12)).shape == (2, 64, 12, 12)
+    regions = torch.randn(2, 34, 576)
+    out = head.project_regions(regions)
+    assert out.shape == (2, 34, 128)
+    torch.testing.assert_close(out, regions @ head.projection.weight.T)  # one shared map, no bias
+    with pytest.raises(ValueError, match="576"):
+        head.project_regions(torch.randn(2, 34, 64))
+    # options: the earlier head (biases, no BN), no projection, mean pooling
+    old = LocalHead(64, norm=False, projection="none")
+    assert [type(m) for m in old.net] == [torch.nn.Conv2d, torch.nn.Identity, torch.nn.ReLU, torch.nn.Conv2d]
+    assert count_parameters(old) == 2 * (64 * 64 + 64) and old.projection is None
+    assert old.project_regions(regions) is regions
+    assert LocalHead(64, pooling="mean").projection.in_features == 64
+    assert LocalHead(8, out_dim=5, region_size=5, projection_dim=16).projection.weight.shape == (16, 5 * 25)
+    with pytest.raises(ValueError, match="projection"):
+        LocalHead(64, projection="mlp")
 
 
 def _equal_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -38,7 +38,8 @@ def check_metadata_matches_volumes(batch, volumes, sampler, n_partitions):
         vol = volumes[v]
         assert int(batch.volume[row]) == v
         assert np.array_equal(batch.images[row, 0].numpy(), vol.image[k])
-        assert float(batch.position[row]) == pytest.approx(float(vol.positions[k]))
+        # float64, bit for bit PCL's float(k + 1) / Z
+        assert batch.position.dtype == torch.float64 and float(batch.position[row]) == float(k + 1) / vol.n_slices
         if n_partitions is None:
             assert int(batch.partition[row]) == -1
         else:

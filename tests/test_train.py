@@ -76,6 +76,53 @@ def test_pretrain_local_freezes_encoder(ci_split, strategy):
     assert np.isfinite(loc.history["loss"]).all()
 
 
+def test_local_config_defaults_old_files_and_heads():
+    lc = make_config("ci").local
+    assert (lc.negatives, lc.ld_pairs, lc.ld_negative_regions) == (None, "official", 4)
+    assert (lc.head_norm, lc.projection, lc.projection_dim) == (True, "linear", 128)
+    # a config.json written before these fields existed still loads, with the official defaults
+    d = make_config("ci").to_dict()
+    for key in ("negatives", "ld_pairs", "ld_negative_regions", "head_norm", "projection", "projection_dim"):
+        del d["local"][key]
+    assert RunConfig.from_dict(d).local == lc
+    model = loops.build_model(make_config("ci"))
+    c = model.decoder_channels(lc.decoder_blocks)
+    head = loops.build_local_head(make_config("ci"), model)
+    assert isinstance(head.net[1], torch.nn.BatchNorm2d)
+    assert (head.projection.in_features, head.projection.out_features) == (c * 9, 128)
+    mean = loops.build_local_head(make_config("ci", local={"pooling": "mean", "projection_dim": 16}), model)
+    assert (mean.projection.in_features, mean.projection.out_features) == (c, 16)
+    plain = loops.build_local_head(make_config("ci", local={"projection": "none", "head_norm": False}), model)
+    assert plain.projection is None and isinstance(plain.net[1], torch.nn.Identity)
+
+
+def test_pretrain_local_trains_and_saves_the_region_projection(ci_split, tmp_path, monkeypatch):
+    cfg = make_config("ci", global_={"iterations": 1}, local={"strategy": "LD", "iterations": 2})
+    g = loops.pretrain_global(cfg, ci_split.pool, progress=False)
+    initial = []
+    build = loops.build_local_head
+
+    def spy(*args, **kwargs):
+        head = build(*args, **kwargs)
+        initial.append({k: v.detach().clone() for k, v in head.state_dict().items()})
+        return head
+
+    monkeypatch.setattr(loops, "build_local_head", spy)
+    loc = loops.pretrain_local(cfg, ci_split.pool, init=g, out=tmp_path / "loc", progress=False)
+    trained = {k: v.detach().cpu() for k, v in loc.head.state_dict().items()}
+    assert not torch.equal(initial[0]["projection.weight"], trained["projection.weight"]), "projection is trained"
+    assert not torch.equal(initial[0]["net.0.weight"], trained["net.0.weight"])
+    saved = ckpt_mod.load_checkpoint(tmp_path / "loc" / "final.pt")["head"]
+    assert torch.equal(saved["projection.weight"].cpu(), trained["projection.weight"])
+    assert "net.1.running_mean" in saved and "net.3.bias" not in saved
+    # the earlier behaviour as options: no projection, no batch norm, random negatives, symmetric L^D
+    old = make_config("ci", global_={"iterations": 1}, local={
+        "strategy": "LD", "iterations": 2, "projection": "none", "head_norm": False, "negatives": "random",
+        "ld_pairs": "symmetric"})
+    res = loops.pretrain_local(old, ci_split.pool, init=g, progress=False)
+    assert res.head.projection is None and np.isfinite(res.history["loss"]).all()
+
+
 def test_finetune_and_evaluate(ci_split):
     cfg = make_config("ci")
     res = loops.finetune(cfg, ci_split.pool[:1], ci_split.val, progress=False)
@@ -84,6 +131,8 @@ def test_finetune_and_evaluate(ci_split):
     scores = loops.evaluate(res.model, ci_split.test, n_classes=cfg.model.n_classes)
     assert len(scores) == len(ci_split.test) * (cfg.model.n_classes - 1)
     assert scores["dice"].between(0, 1).all()
+    # the embedded volumes come through the NIfTI loader: Dice on each volume's native grid
+    assert scores.attrs["resolution"] == "native" and set(scores["resolution"]) == {"native"}
 
 
 def test_finetune_loads_pretrained_parts(ci_split):
@@ -143,20 +192,140 @@ def test_resume_after_crash_gives_identical_weights(ci_split, tmp_path, monkeypa
     cfg = make_config("ci", global_={"strategy": "GD", "iterations": 6, "checkpoint_every": 2})
     full = loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "full", progress=False)
 
-    real_loss = loops.global_loss
+    real_step = loops._optimiser_step  # the stage's one optimiser call per step
     calls = {"n": 0}
 
-    def crashing_loss(*args, **kwargs):
+    def crashing_step(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 4:  # after the step-2 checkpoint, before the step-4 one
             raise KeyboardInterrupt("session dropped")
-        return real_loss(*args, **kwargs)
+        return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(loops, "global_loss", crashing_loss)
+    monkeypatch.setattr(loops, "_optimiser_step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
         loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", progress=False)
-    monkeypatch.setattr(loops, "global_loss", real_loss)
+    monkeypatch.setattr(loops, "_optimiser_step", real_step)
     assert ckpt_mod.load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 2
+    resumed = loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", resume=True, progress=False)
+    assert _same_weights(full.weights(), resumed.weights())
+    assert _same_weights(full.head.state_dict(), resumed.head.state_dict())
+    assert list(resumed.history["loss"]) == list(full.history["loss"])
+
+
+def test_pcl_preset_values_and_profiles():
+    from glcl_core.train.config import PRESETS
+
+    ci, cpu, gpu = (make_config(p, preset="pcl") for p in ("ci", "cpu", "gpu"))
+    for cfg in (ci, cpu, gpu):
+        g = cfg.global_
+        assert (g.strategy, g.optimizer, g.lr, g.momentum, g.weight_decay) == ("PCL", "sgd", 0.1, 0.9, 1e-5)
+        assert (g.schedule, g.warmup, g.head, g.head_hidden, g.head_dim) == ("cosine", 0, "pooled", None, 512)
+        assert (g.augmentation, g.temperature, g.base_temperature) == ("pcl", 0.1, 0.07)
+    # the preset sets the batch size, except under ci, which keeps its sizes; iterations stay the profile's
+    plain_ci = make_config("ci")
+    assert (ci.global_.batch_size, ci.global_.iterations) == (plain_ci.global_.batch_size, plain_ci.global_.iterations)
+    assert cpu.global_.batch_size == gpu.global_.batch_size == 32
+    assert gpu.global_.iterations == make_config("gpu").global_.iterations
+    # overrides win over the preset; the GLCL defaults are untouched without a preset
+    assert make_config("ci", preset="pcl", global_={"lr": 0.05, "strategy": "GR"}).global_.lr == 0.05
+    g = make_config("cpu").global_
+    assert (g.optimizer, g.lr, g.schedule, g.warmup, g.weight_decay, g.head, g.head_dim, g.gd_pairing) == (
+        "adam", 1e-3, "constant", 0, 0.0, "dense", 128, "all")
+    assert RunConfig.from_dict(cpu.to_dict()) == cpu
+    assert set(PRESETS) == {"pcl"}
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("ci", preset="simclr")
+
+
+def test_sgd_cosine_lr_follows_pcl_scheduler():
+    """PCL's LR_Scheduler("cos"): lr_T = 0.5 * lr * (1 + cos(pi * T / N)), set before step T of N."""
+    import math
+
+    g = make_config("cpu", preset="pcl", global_={"iterations": 8}).global_
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimiser = loops._global_optimiser([param], g)
+    assert isinstance(optimiser, torch.optim.SGD)
+    group = optimiser.param_groups[0]
+    assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.9, 1e-5, False)
+    schedule = loops._lr_schedule(optimiser, g)
+    used = []
+    for _ in range(g.iterations):
+        used.append(group["lr"])
+        param.grad = torch.ones(2)
+        optimiser.step()
+        schedule.step()
+    want = [0.5 * 0.1 * (1 + math.cos(math.pi * t / 8)) for t in range(8)]
+    assert used == pytest.approx(want, rel=1e-12, abs=0)
+    assert used[0] == 0.1 and used[4] == pytest.approx(0.05) and used[-1] > 0
+    # warm-up (ours): (t + 1) / warmup for the first steps; constant: the base lr throughout
+    f = loops.LRFactor("cosine", 8, warmup=2)
+    assert [f(0), f(1)] == pytest.approx([0.5 * want[0] / 0.1, want[1] / 0.1])
+    assert [loops.LRFactor("constant", 8)(t) for t in (0, 7)] == [1.0, 1.0]
+    glcl = make_config("cpu").global_
+    assert isinstance(loops._global_optimiser([param], glcl), torch.optim.Adam)
+    with pytest.raises(ValueError, match="schedule"):
+        loops.LRFactor("step", 8)
+    with pytest.raises(ValueError, match="optimizer"):
+        loops._global_optimiser([param], make_config("cpu", global_={"optimizer": "rmsprop"}).global_)
+
+
+def test_gd_pairing_reaches_the_loss_masks():
+    from glcl_core.strategies import global_masks
+
+    vol = torch.arange(4).repeat_interleave(2)
+    meta = {"image": torch.arange(16) % 8, "volume": torch.cat([vol, vol]),
+            "partition": torch.arange(2).repeat(8), "position": None}
+    for pairing in ("all", "neighbour"):
+        cfg = make_config("ci", global_={"strategy": "GD", "gd_pairing": pairing})
+        got = loops._global_masks(meta, cfg)
+        want = global_masks("GD", **meta, pairing=pairing)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert make_config("ci").global_.gd_pairing == "all"
+
+
+def test_pcl_base_temperature_scales_loss_and_chance():
+    """PCL's code multiplies its loss by tau / 0.07; the chance level follows, so loss_over_chance does not."""
+    from glcl_core.batch import Batch
+
+    torch.manual_seed(0)
+    embed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).double()
+    n = 6
+    batch = Batch(torch.randn(n, 1, 4, 4, dtype=torch.float64), None, torch.arange(n), torch.zeros(n, dtype=torch.long),
+                  torch.zeros(n, dtype=torch.long), torch.arange(1, n + 1, dtype=torch.float64) / n)
+    views = Batch.cat([batch, batch.with_images(batch.images + 0.1)])
+    out = {}
+    for base in (None, 0.07):
+        cfg = make_config("ci", global_={"strategy": "PCL", "threshold": 0.35, "base_temperature": base})
+        stats: dict = {}
+        out[base] = (loops._global_views_loss(embed, views, cfg, stats).item(), stats["chance"])
+    assert out[0.07][0] == pytest.approx(out[None][0] * 0.1 / 0.07, rel=1e-12)
+    assert out[0.07][0] / out[0.07][1] == pytest.approx(out[None][0] / out[None][1], rel=1e-12)
+
+def test_resume_with_pcl_preset_and_lr_schedule_gives_identical_weights(ci_split, tmp_path, monkeypatch):
+    """SGD + cosine + pooled 512-d head: interrupt after the step-2 checkpoint, resume, end bit-identical (the
+    schedule's state is in the checkpoint: without it the resumed lr sequence, hence the weights, differ)."""
+    cfg = make_config("ci", preset="pcl", global_={"iterations": 3, "checkpoint_every": 1, "log_every": 3})
+    full = loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "full", progress=False)
+    assert full.head.out_dim == 512 and full.head.hidden == full.model.bottleneck_shape[0]
+    saved = ckpt_mod.load_checkpoint(tmp_path / "full" / "last.pt")["state"]
+    assert saved["schedule"]["last_epoch"] == 3
+    assert saved["optimiser"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cos(pi) after the end
+
+    real_step = loops._optimiser_step
+    calls = {"n": 0}
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the step-2 checkpoint, before the step-3 one
+            raise KeyboardInterrupt("session dropped")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(loops, "_optimiser_step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", progress=False)
+    monkeypatch.setattr(loops, "_optimiser_step", real_step)
+    cut = ckpt_mod.load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert cut["step"] == 2 and cut["state"]["schedule"]["last_epoch"] == 2
     resumed = loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", resume=True, progress=False)
     assert _same_weights(full.weights(), resumed.weights())
     assert _same_weights(full.head.state_dict(), resumed.head.state_dict())
@@ -189,3 +358,44 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ValueError):
         ckpt_mod.load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_segmentation_loss_glcl_is_per_image_dice_with_background():
+    """Two 2 x 2 images, 2 classes, probabilities set through log-probability logits. Image 1: labels
+    [[0, 1], [1, 1]], p(class 1) [[.25, .75], [.5, .5]]: Dice class 1 = 2 * 1.75 / (2 + 3) = 0.7, class 0 =
+    2 * 0.75 / (2 + 1) = 0.5. Image 2: all background, p(class 1) = .25: class 1 = 0 / (1 + 0) = 0, class 0 =
+    2 * 3 / (3 + 4) = 6/7. GLCL's loss is 1 minus the mean of the four."""
+    p1 = torch.tensor([[[0.25, 0.75], [0.5, 0.5]], [[0.25, 0.25], [0.25, 0.25]]], dtype=torch.float64)
+    logits = torch.stack([1 - p1, p1], dim=1).log().requires_grad_(True)
+    labels = torch.tensor([[[0, 1], [1, 1]], [[0, 0], [0, 0]]])
+    loss = loops.segmentation_loss(logits, labels, "glcl")
+    assert float(loss.detach()) == pytest.approx(1 - (0.7 + 0.5 + 0.0 + 6 / 7) / 4, rel=1e-9)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    # "dice": one batch-wide Dice of the foreground class: 2 * 1.75 / ((2 + 1) + 3)
+    batch = loops.segmentation_loss(logits.detach(), labels, "dice")
+    assert float(batch) == pytest.approx(1 - (3.5 + 1e-5) / (6 + 1e-5), rel=1e-9)
+
+
+def test_segmentation_loss_glcl_gradient_finite_for_absent_classes():
+    """A class absent from an image and (to float32 precision) from its prediction: Dice 0, finite gradients."""
+    labels = torch.zeros(2, 8, 8, dtype=torch.int64)
+    labels[0, 2:5, 2:5] = 1
+    logits = torch.zeros(2, 3, 8, 8)
+    logits[:, 0] = 100.0  # softmax underflows to exactly 0 for classes 1 and 2
+    logits.requires_grad_(True)
+    loss = loops.segmentation_loss(logits, labels, "glcl")
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    good = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 10
+    assert float(loops.segmentation_loss(good, labels, "glcl")) == pytest.approx(1 - 3 / 6, abs=1e-3)  # 3 absent
+
+
+def test_finetune_loss_from_config(ci_split):
+    cfg = make_config("ci", finetune={"loss": "glcl", "iterations": 2})
+    res = loops.finetune(cfg, ci_split.pool[:1], [], progress=False)
+    assert np.isfinite(res.history["loss"]).all()
+    with pytest.raises(ValueError, match="finetune.loss"):
+        loops.finetune(make_config("ci", finetune={"loss": "focal"}), ci_split.pool[:1], [], progress=False)
+    with pytest.raises(ValueError, match="val_resolution"):
+        loops.finetune(cfg, ci_split.pool[:1], [], progress=False, val_resolution="original")

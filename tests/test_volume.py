@@ -17,7 +17,8 @@ def make_volume(n_slices: int, labelled: bool = True) -> Volume:
 def test_positions_are_monotone_in_unit_interval(n_slices):
     positions = make_volume(n_slices).positions
     assert positions.shape == (n_slices,)
-    assert positions.dtype == np.float32
+    assert positions.dtype == np.float64  # as PCL's code: float(k + 1) / Z
+    assert positions.tolist() == [float(k + 1) / n_slices for k in range(n_slices)]
     assert np.all(np.diff(positions) > 0)
     assert positions.min() > 0 and positions.max() == pytest.approx(1.0)
     assert positions[0] == pytest.approx(1.0 / n_slices)

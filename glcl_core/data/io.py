@@ -33,6 +33,7 @@ from glcl_core.data.preprocess import (
     Orientation,
     canonical_orientation,
     intensity_range,
+    native_grid,
     reorient,
     reoriented_affine,
     resample_image,
@@ -50,6 +51,9 @@ IMAGE_DIRS = ("images", "image", "imgs", "imagesTr")
 LABEL_DIRS = ("labels", "label", "masks", "mask", "segmentations", "gt", "labelsTr")
 AFFINE_TOLERANCE_VOXELS = 0.25  # image/label grids may differ by at most this fraction of a voxel
 SLAB_VOXELS = 16_000_000  # voxels read at a time: bounds the temporaries on big CT volumes
+# Native-resolution labels up to this many voxels are kept in Volume.meta["native_label"] (uint8: 1 byte each);
+# larger ones (e.g. CT) are re-read from meta["label_path"] when a native-resolution Dice needs them.
+NATIVE_LABEL_MAX_VOXELS = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -549,7 +553,9 @@ def load_case(case: Case, options: LoadOptions) -> Volume:
     shape_in = tuple(shape3[ax] for ax in orientation.order[1:])
     spacing_out = target_spacing(spacing_in, shape_in, options.spacing, options.size)
     image = read_image(case.image, image_file, channel, orientation, spacing_out, options)
-    label = read_label(case, label_file, orientation, spacing_out, options.size) if label_file is not None else None
+    label, native_label = None, None
+    if label_file is not None:
+        label, native_label = read_label(case, label_file, orientation, spacing_out, options.size)
 
     meta = {
         "layout": case.layout,
@@ -561,6 +567,11 @@ def load_case(case: Case, options: LoadOptions) -> Volume:
         "original_spacing": tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)),
         "original_axcodes": "".join(str(c) for c in nib.aff2axcodes(affine)),
         "canonical_affine": reoriented_affine(affine, shape3, orientation),
+        # for Dice at native resolution (glcl_core.train.loops.evaluate): the in-plane map between the grids, the
+        # stored->canonical transpose/flips (to re-read a large label) and, when small, the native label itself
+        "orientation": orientation,
+        "native_grid": native_grid(shape_in, spacing_in, spacing_out, options.size),
+        **({"native_label": native_label} if native_label is not None else {}),
         **case.extra,
     }
     spacing = (orientation.spacing[0], *spacing_out)
@@ -577,15 +588,41 @@ def read_image(path: Path, image_file, channel: int | None, orientation: Orienta
 
 
 def read_label(case: Case, label_file, orientation: Orientation, spacing_out: tuple[float, float],
-               size: tuple[int, int] | None) -> np.ndarray:
-    """``(Z, H, W)`` int64 preprocessed label; values checked against the data set's declared labels."""
+               size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(Z, H, W)`` int64 preprocessed label, values checked against the data set's declared labels, and the
+    native-resolution label ``(Z, H0, W0)`` (uint8, int32 for values > 255) in canonical orientation, or None when
+    it has more than ``NATIVE_LABEL_MAX_VOXELS`` voxels (then :func:`native_label` re-reads it)."""
     stored = read_label_array(label_file, case.label)
     if case.allowed_labels is not None:
         unknown = sorted(set(label_values(stored).tolist()) - set(case.allowed_labels))
         if unknown:
             raise DataError(f"{case.label}: label values {unknown} are not listed in dataset.json labels "
                             f"{sorted(case.allowed_labels)}")
-    return resample_label(reorient(stored, orientation), orientation.spacing[1:], spacing_out, size)
+    canonical = reorient(stored, orientation)
+    native = np.ascontiguousarray(canonical) if stored.size <= NATIVE_LABEL_MAX_VOXELS else None
+    return resample_label(canonical, orientation.spacing[1:], spacing_out, size), native
+
+
+def native_label(volume: Volume) -> np.ndarray | None:
+    """The label of ``volume`` on its native grid: ``(Z, H0, W0)`` integer array in canonical orientation (the
+    stored label transposed/flipped like the image, not resampled), with ``(H0, W0) ==
+    volume.meta["native_grid"].shape``.
+
+    Taken from ``meta["native_label"]`` (kept for small labels) or re-read from ``meta["label_path"]``; None when
+    the volume carries neither (e.g. built by hand) or the file can no longer be read (a warning says why).
+    """
+    meta = volume.meta or {}
+    if meta.get("native_label") is not None:
+        return meta["native_label"]
+    path, orientation = meta.get("label_path"), meta.get("orientation")
+    if path is None or orientation is None:
+        return None
+    try:
+        stored = read_label_array(open_nifti(Path(path)), Path(path))
+    except (DataError, OSError) as err:
+        warnings.warn(f"{volume.name}: cannot re-read the native label ({err})", stacklevel=2)
+        return None
+    return np.ascontiguousarray(reorient(stored, orientation))
 
 
 def load_volumes(
@@ -621,7 +658,9 @@ def load_volumes(
     Returns:
         Volumes sorted by name: ``image (Z, H, W) float32`` in [0, 1], ``label (Z, H, W) int64`` or None,
         ``spacing (z, y, x)`` mm after preprocessing, ``source`` the image path, ``meta`` with ``subject``,
-        ``layout``, ``frame``, the original shape/spacing/orientation.
+        ``layout``, ``frame``, the original shape/spacing/orientation, and for Dice at native resolution
+        ``native_grid`` (:class:`~glcl_core.data.preprocess.NativeGrid`), ``orientation`` and, for labels of at
+        most ``NATIVE_LABEL_MAX_VOXELS`` voxels, ``native_label`` ``(Z, H0, W0)`` (see :func:`native_label`).
     Raises:
         DataError naming the file for any unusable input (see the module docstring).
     """

@@ -315,3 +315,117 @@ def crop_or_pad(array: np.ndarray, size: tuple[int, int], fill: float = 0) -> np
         dst.append(slice(start_out, start_out + length))
     out[(..., *dst)] = array[(..., *src)]
     return out
+
+
+# ----------------------------------------------------------------------------------------------- back to native
+NATIVE_INTERPOLATIONS = ("linear", "nearest")
+
+
+@dataclass(frozen=True)
+class NativeGrid:
+    """Where the preprocessed in-plane grid lies on the native grid (the stored array in canonical orientation).
+
+    Pixel centres map as ``native index = origin + step * preprocessed index`` along rows and along columns; the
+    slice axis is never resampled, so slice ``k`` is slice ``k`` on both grids. This is all that is needed to map a
+    prediction back through the in-plane resampling and the centre crop/pad of :func:`resample_image` /
+    :func:`resample_label` (which place pixel centres with :func:`sample_positions`).
+
+    Attributes:
+        shape: ``(H0, W0)`` native in-plane size, canonical ``(row, column)`` order.
+        spacing: ``(y, x)`` native in-plane voxel size in mm.
+        resampled_shape: ``(H, W)`` in-plane size after preprocessing.
+        resampled_spacing: ``(y, x)`` in-plane voxel size in mm after preprocessing.
+        origin: ``(row, col)`` native index of the centre of preprocessed pixel ``(0, 0)`` (may be negative or
+            fractional: padding, or a grid offset of resampling).
+        step: ``(row, col)`` native pixels per preprocessed pixel (``resampled_spacing / spacing``).
+    """
+
+    shape: tuple[int, int]
+    spacing: tuple[float, float]
+    resampled_shape: tuple[int, int]
+    resampled_spacing: tuple[float, float]
+    origin: tuple[float, float]
+    step: tuple[float, float]
+
+    def resampled_coordinates(self, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """For in-plane ``axis`` (0 rows, 1 columns): ``(n_native,)`` float64 preprocessed-grid coordinate of each
+        native pixel centre, and ``(n_native,)`` bool: whether it lies inside the preprocessed field of view
+        (the rest was cropped away)."""
+        coords = (np.arange(self.shape[axis], dtype=np.float64) - self.origin[axis]) / self.step[axis]
+        inside = (coords >= -0.5) & (coords <= self.resampled_shape[axis] - 0.5)
+        return coords, inside
+
+
+def native_grid(
+    shape_in: tuple[int, int],
+    spacing_in: tuple[float, float],
+    spacing_out: tuple[float, float],
+    size: tuple[int, int] | None,
+) -> NativeGrid:
+    """The :class:`NativeGrid` of an in-plane resampling from ``shape_in`` ``(H0, W0)`` at ``spacing_in`` ``(y, x)`` mm
+    to ``spacing_out`` with centre crop/pad to ``size`` ``(H, W)`` (None: the resampled field of view), exactly as
+    :func:`resample_image` and :func:`resample_label` lay out their output."""
+    origin, step, n_out = [], [], []
+    for axis in range(2):
+        positions, _ = sample_positions(int(shape_in[axis]), float(spacing_in[axis]), float(spacing_out[axis]),
+                                        None if size is None else int(size[axis]))
+        ratio = float(spacing_out[axis]) / float(spacing_in[axis])
+        origin.append(float(positions[0]))
+        step.append(1.0 if abs(ratio - 1.0) < 1e-6 else ratio)  # sample_positions' pure-shift case
+        n_out.append(int(positions.size))
+    return NativeGrid(
+        shape=(int(shape_in[0]), int(shape_in[1])),
+        spacing=(float(spacing_in[0]), float(spacing_in[1])),
+        resampled_shape=(n_out[0], n_out[1]),
+        resampled_spacing=(float(spacing_out[0]), float(spacing_out[1])),
+        origin=(origin[0], origin[1]),
+        step=(step[0], step[1]),
+    )
+
+
+def scores_to_native(scores: np.ndarray, grid: NativeGrid, interpolation: str = "linear") -> np.ndarray:
+    """Native-grid label map from per-class scores on the preprocessed grid.
+
+    Args:
+        scores: ``(Z, K, H, W)`` float class scores (e.g. softmax probabilities) of ``Z`` slices on the preprocessed
+            grid, ``(H, W) == grid.resampled_shape``.
+        grid: the volume's :class:`NativeGrid`.
+        interpolation: ``"linear"``: bilinear interpolation of the scores at each native pixel centre (edge values
+            held within half a pixel of the border), then argmax: smooth boundaries when the native grid is finer;
+            ``"nearest"``: the scores of the nearest preprocessed pixel, then argmax (the same as nearest-neighbour
+            resampling of the predicted label map).
+    Returns:
+        ``(Z, H0, W0)`` int64 labels, ``(H0, W0) == grid.shape``. Native pixels outside the preprocessed field of
+        view (cropped away by preprocessing; the network never saw them) are 0 (background). Ties in the argmax go
+        to the lower class index. Works in slabs of slices to bound the temporaries.
+    """
+    if interpolation not in NATIVE_INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {NATIVE_INTERPOLATIONS}, got {interpolation!r}")
+    scores = np.asarray(scores)
+    if scores.ndim != 4 or tuple(scores.shape[2:]) != tuple(grid.resampled_shape):
+        raise ValueError(f"scores must be (Z, K, {grid.resampled_shape[0]}, {grid.resampled_shape[1]}), "
+                         f"got {scores.shape}")
+    n_slices, n_classes, h, w = scores.shape
+    rows, rows_inside = grid.resampled_coordinates(0)
+    cols, cols_inside = grid.resampled_coordinates(1)
+    out = np.zeros((n_slices,) + tuple(grid.shape), dtype=np.int64)
+    per_slice = n_classes * max(grid.shape[0] * max(w, grid.shape[1]), h * w)
+    chunk = max(1, (CHUNK_VOXELS // 4) // max(1, per_slice))
+    if interpolation == "nearest":
+        r_near, c_near = nearest_index(rows, h), nearest_index(cols, w)
+    else:
+        r0, r1, rw = linear_weights(rows, h)
+        c0, c1, cw = linear_weights(cols, w)
+    for k0 in range(0, n_slices, chunk):
+        block = np.asarray(scores[k0:k0 + chunk], dtype=np.float32)
+        if interpolation == "nearest":
+            native = block[:, :, r_near, :][:, :, :, c_near]
+        else:
+            top = block[:, :, r0, :]
+            top += (block[:, :, r1, :] - top) * rw[None, None, :, None]
+            native = top[:, :, :, c0]
+            native += (top[:, :, :, c1] - native) * cw[None, None, None, :]
+        out[k0:k0 + chunk] = native.argmax(axis=1)
+    out[:, ~rows_inside, :] = 0
+    out[:, :, ~cols_inside] = 0
+    return out

@@ -20,6 +20,9 @@ class Volume:
         label: int64 ``(Z, H, W)`` or ``None`` when the volume is unlabelled.
         spacing: ``(z, y, x)`` voxel size in mm after preprocessing.
         source: path of the file the image came from (for error messages and provenance).
+        meta: what the loader knows about the volume (subject, original shape/spacing/orientation, and what Dice at
+            native resolution needs: ``native_grid``, ``orientation``, maybe ``native_label``; see
+            :func:`glcl_core.data.load_volumes`). Empty for volumes built by hand.
     """
 
     name: str
@@ -43,9 +46,14 @@ class Volume:
 
     @property
     def positions(self) -> np.ndarray:
-        """``(Z,)`` float32 normalised slice positions ``(k + 1) / Z`` in ``(0, 1]`` (PCL's definition)."""
+        """``(Z,)`` float64 normalised slice positions ``(k + 1) / Z`` in ``(0, 1]`` (PCL's definition).
+
+        float64, as in PCL's code (``float(i + 1) / Z`` in Python, collated to a float64 tensor): each entry is the
+        correctly rounded double of ``(k + 1) / Z``, so PCL's ``|p_i - p_j| < threshold`` resolves the ties of
+        ``threshold * Z`` integer exactly as there. float32 positions round differently and flip such pairs.
+        """
         z = self.n_slices
-        return (np.arange(z, dtype=np.float32) + 1.0) / np.float32(z)
+        return (np.arange(z, dtype=np.float64) + 1.0) / float(z)
 
     def partitions(self, n_partitions: int) -> np.ndarray:
         """``(Z,)`` int64 partition index ``0..S-1``: S contiguous parts whose sizes differ by at most one slice."""

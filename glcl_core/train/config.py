@@ -56,6 +56,25 @@ class GlobalConfig:
     temperature: float = 0.1
     threshold: float = 0.1  # PCL position threshold
     head: str = "dense"  # g1: "dense" (paper) or "pooled"
+    # Views: "glcl" (GLCL's global stage: crop near the centre resized back, brightness, contrast, one draw per
+    # view batch), "glcl+geometric" (adds rotation, scaling and flips: not part of GLCL's global stage),
+    # "pcl" (PCL's own pre-training augmentation). See glcl_core.augment.GLOBAL_AUGMENTATIONS.
+    augmentation: str = "glcl"
+    # GD's partners: "all" (paper: same-partition slices of every other volume, both views) or "neighbour" (GLCL's
+    # code: the two ring neighbours in batch order, view with view). See glcl_core.strategies.
+    gd_pairing: str = "all"
+    # Optimiser and LR schedule. Defaults: Adam at a constant lr, no weight decay, no warm-up (GLCL's code:
+    # tf.train.AdamOptimizer(1e-3), no schedule). The "pcl" preset: SGD, momentum 0.9, weight decay 1e-5, cosine.
+    optimizer: str = "adam"  # "adam" or "sgd"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant" or "cosine": lr_t = lr * (1 + cos(pi * t / iterations)) / 2 at step t
+    warmup: int = 0  # steps of linear warm-up, lr_t *= (t + 1) / warmup for t < warmup (ours; 0 in both codes)
+    head_hidden: int | None = None  # g1's hidden width; None: 1024 for "dense" (GLCL), C for "pooled" (PCL)
+    head_dim: int = 128  # g1's output width (GLCL 128; PCL 512)
+    # None: the plain loss. A number: the loss is multiplied by temperature / base_temperature, as PCL's code does
+    # (SupCon's base temperature 0.07 beside tau = 0.1: x 1.43), which under SGD acts as a larger lr.
+    base_temperature: float | None = None
     checkpoint_every: int = 100
     log_every: int = 10
 
@@ -71,8 +90,23 @@ class LocalConfig:
     decoder_blocks: int = 3
     form: str = "sparse"  # "sparse" (13 regions, paper) or "dense"
     region_size: int = 3
-    n_negatives: int | None = None  # None: 10 for sparse (5 other regions x 2 views, as the official code), all others for dense
+    # Negatives: None picks "official" for sparse (the official code's hand-picked table: 5 regions x 2 views = 10
+    # per L^R anchor; 4 of its positions are extra, negative-only regions), "all" for dense (every other region), or
+    # "random" when n_negatives is set. "random": n_negatives per anchor over both views from a fixed draw of
+    # regions (10 if n_negatives is None; the earlier default).
+    negatives: str | None = None
+    n_negatives: int | None = None  # only with negatives="random" (or negatives=None, which then means "random")
+    # LD only (sparse form; dense is always "symmetric"): "official" = anchors in view 1, positives = own view 2 and
+    # partners' view 1, per-pair negatives from the pair's two maps (the official code); "symmetric" = mask-kernel
+    # form, anchors in both views, partners' both views positive, negatives from the anchor's own image.
+    ld_pairs: str = "official"
+    ld_negative_regions: int = 4  # LD with the official table: first 4 of the 5 listed per map (official); 5 = all
     pooling: str = "flatten"
+    head_norm: bool = True  # g2 = conv-BN-ReLU-conv without biases (official); False = conv-ReLU-conv with biases
+    # Region projection before the loss: "linear" = one shared bias-free Linear(D_in -> projection_dim) on every
+    # pooled region, D_in = C*K*K (flatten) or C (mean) (official, 576 -> 128); "none" = the pooled region itself.
+    projection: str = "linear"
+    projection_dim: int = 128
     lr: float = 1e-3
     temperature: float = 0.1
     checkpoint_every: int = 100
@@ -85,7 +119,11 @@ class FinetuneConfig:
     iterations: int = 300
     batch_size: int = 16
     lr: float = 1e-3
-    loss: str = "dice+ce"  # "dice" (GLCL) or "dice+ce"
+    # "glcl": GLCL's loss (1 - Dice per image and class, background included, averaged; its code's default);
+    # "dice": batch-wide soft Dice over the foreground classes; "dice+ce": "dice" plus cross-entropy. The default
+    # "dice+ce" is a deviation from both papers (GLCL: "glcl"; PCL fine-tunes with cross-entropy alone, which is
+    # not offered here). See glcl_core.train.loops.segmentation_loss.
+    loss: str = "dice+ce"
     eval_every: int = 50
     checkpoint_every: int = 100
     log_every: int = 10
@@ -182,15 +220,47 @@ _PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def make_config(profile: str | None = None, seed: int = 0, **overrides: Any) -> RunConfig:
-    """The configuration of a profile, with optional overrides.
+# Presets: another method's own pipeline, applied on top of a profile (see make_config).
+# "pcl": PCL's pre-training pipeline beside its loss (Zeng et al. 2021, its code's train_contrast.py and
+# run_script.sh): SGD lr 0.1, momentum 0.9, weight decay 1e-5, cosine schedule over the stage (PCL: over 300
+# epochs, no warm-up), batch 32 slices x 2 views, projection global average pool -> Linear(C, C) -> ReLU ->
+# Linear(C, 512), PCL's augmentation, temperature 0.1 with the loss x 0.1 / 0.07 (its SupCon base temperature).
+# The threshold stays the config's (PCL: 0.1 CHD, 0.35 ACDC).
+# Not covered: PCL's network (4 pools, channels f..16f, LeakyReLU, no norm in its centre block, He init).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "pcl": {
+        "global_": {"strategy": "PCL", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-5,
+                    "schedule": "cosine", "warmup": 0, "head": "pooled", "head_hidden": None, "head_dim": 512,
+                    "augmentation": "pcl", "temperature": 0.1, "base_temperature": 0.07, "batch_size": 32},
+    },
+}
+# Profile sizes a preset leaves alone: the ci profile stays seconds-long (its batch and iterations).
+_PRESET_KEEPS: dict[str, dict[str, tuple[str, ...]]] = {
+    "ci": {"global_": ("batch_size", "iterations", "n_volumes")},
+}
 
-    Overrides are given per part, e.g. ``make_config("ci", global_={"strategy": "PCL"}, data={"path": "/data"})``.
+
+def make_config(profile: str | None = None, seed: int = 0, preset: str | None = None, **overrides: Any) -> RunConfig:
+    """The configuration of a profile, with optional preset and overrides.
+
+    Order: the profile's table (sizes), then the preset (:data:`PRESETS`, another method's pipeline), then the
+    overrides, so an override always wins. Under the ci profile a preset does not change the sizes listed in
+    ``_PRESET_KEEPS`` (batch size, iterations), so ci runs stay seconds-long; on the cpu and gpu profiles the
+    preset's batch size applies.
+
+    Overrides are given per part, e.g. ``make_config("ci", global_={"strategy": "PCL"}, data={"path": "/data"})``;
+    ``make_config("gpu", preset="pcl")`` is PCL's pipeline at paper scale.
     """
     profile = check_profile(profile) if profile else default_profile()
     cfg = RunConfig(profile=profile, seed=seed)
     for part, values in _PROFILE_OVERRIDES[profile].items():
         _update(cfg, part, values)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        keeps = _PRESET_KEEPS.get(profile, {})
+        for part, values in PRESETS[preset].items():
+            _update(cfg, part, {k: v for k, v in values.items() if k not in keeps.get(part, ())})
     for part, values in overrides.items():
         if not isinstance(values, dict):
             raise TypeError(f"override for {part!r} must be a dict of fields, got {type(values).__name__}")

@@ -77,7 +77,7 @@ def run_loop(
     log_every: int,
     images_per_step: int,
     desc: str,
-    progress: bool | None = None,
+    progress: bool | str | None = None,
     on_checkpoint: Callable[[], dict[str, Any]] | None = None,
     on_restore: Callable[[dict[str, Any]], None] | None = None,
 ) -> LoopResult:
@@ -88,6 +88,8 @@ def run_loop(
         stateful: objects saved in every checkpoint under their key (modules, optimiser, sampler, generator).
         out: run folder (``last.pt`` and ``history.csv`` are written there), or None for an in-memory run.
         resume: continue from ``out/last.pt`` if it exists.
+        progress: True/False: a progress bar or none; None: a bar in a notebook or terminal only; ``"lines"``:
+            one printed line per logged step (for logs, e.g. the command line outside a terminal).
         on_checkpoint / on_restore: extra state of the stage (e.g. the best validation weights).
     """
     history: list[dict[str, Any]] = []
@@ -118,7 +120,9 @@ def run_loop(
             save_checkpoint(last, state)
             write_history(out / "history.csv", history)
 
-    bar = _progress_bar(total=iterations, initial=start, desc=desc, enabled=progress if writer else False)
+    lines = progress == "lines" and writer
+    bar = _progress_bar(total=iterations, initial=start, desc=desc,
+                        enabled=(progress if not lines else False) if writer else False)
     t_start = time.perf_counter()
     t_window, images_window = time.perf_counter(), 0
     for i in range(start, iterations):
@@ -131,6 +135,9 @@ def run_loop(
             history.append(row)
             if bar is not None:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "step"}, refresh=False)
+            if lines:
+                shown = "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step")
+                print(f"{desc} step {i + 1}/{iterations}  {shown}", flush=True)
             t_window, images_window = now, 0
             loss = row.get("loss")
             if loss is not None and not math.isfinite(loss):

@@ -13,22 +13,27 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from glcl_core import distributed
-from glcl_core.augment import augment_pair, make_views
+from glcl_core.augment import augment_pair, global_augmentation, make_views
 from glcl_core.batch import Batch
+from glcl_core.data.preprocess import scores_to_native
 from glcl_core.data.volume import Volume
 from glcl_core.device import autocast_dtype, default_device
 from glcl_core.models import GlobalHead, LocalHead, UNet, load_pretrained
 from glcl_core.samplers import LabelledSliceSampler, PartitionSampler, RandomSliceSampler
-from glcl_core.strategies import global_loss, local_loss
+from glcl_core.contrastive.health import chance_level
+from glcl_core.losses import masked_info_nce
+from glcl_core.strategies import GLOBAL_REDUCTION, global_masks, local_loss
+from glcl_core.train.monitor import CollapseWatch, GlobalMonitor, LocalMonitor
 from glcl_core.train.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
 from glcl_core.train.config import GLOBAL_STRATEGIES, LOCAL_STRATEGIES, GlobalConfig, LocalConfig, RunConfig
 from glcl_core.train.engine import GeneratorState, run_loop
@@ -142,15 +147,59 @@ def _history_table(rows: list[dict[str, Any]]):
     return pd.DataFrame(rows)
 
 
-def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+def _adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
     """Adam with the fused kernel where the device supports it: on CPU it cuts the optimiser's share of a
     pre-training step from ~5% to ~1% (benchmarks/train_step.py). Falls back to foreach, then the plain loop."""
     for kwargs in ({"fused": True}, {"foreach": True}, {}):
         try:
-            return torch.optim.Adam(params, lr=lr, **kwargs)
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kwargs)
         except (RuntimeError, TypeError, ValueError):
             continue
     raise AssertionError("unreachable: plain Adam always constructs")
+
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+def _global_optimiser(params: list[torch.nn.Parameter], g: GlobalConfig) -> torch.optim.Optimizer:
+    """The global stage's optimiser: ``g.optimizer`` ``"adam"`` (GLCL's code: Adam, lr 1e-3) or ``"sgd"`` (PCL's
+    code: SGD, momentum 0.9, weight decay 1e-5 on every parameter, no Nesterov), with ``g.lr`` and
+    ``g.weight_decay`` (Adam: added to the gradient, as torch's Adam does)."""
+    if g.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {g.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if g.optimizer == "adam":
+        return _adam(params, g.lr, g.weight_decay)
+    return torch.optim.SGD(params, lr=g.lr, momentum=g.momentum, weight_decay=g.weight_decay)
+
+
+class LRFactor:
+    """The factor on the base lr at step ``t`` (0-based, the step the lr is used for) of a stage of ``iterations``:
+    ``"constant"``: 1; ``"cosine"``: ``(1 + cos(pi * t / iterations)) / 2`` (PCL's ``LR_Scheduler`` in ``"cos"``
+    mode, with ``iterations`` = epochs x batches per epoch there: 1 at the first step, never 0). With ``warmup``
+    ``> 0`` the factor is also multiplied by ``(t + 1) / warmup`` for ``t < warmup`` (ours; PCL's scheduler
+    multiplies by ``t / warmup``, its code leaves warm-up off). A plain object, so a checkpoint keeps it."""
+
+    def __init__(self, schedule: str, iterations: int, warmup: int = 0):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if int(warmup) < 0:
+            raise ValueError(f"warmup must be >= 0 steps, got {warmup}")
+        self.schedule, self.iterations, self.warmup = schedule, max(int(iterations), 1), int(warmup)
+
+    def __call__(self, t: int) -> float:
+        factor = 1.0
+        if self.schedule == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * t / self.iterations))
+        if t < self.warmup:
+            factor *= (t + 1) / self.warmup
+        return factor
+
+
+def _lr_schedule(optimiser: torch.optim.Optimizer, g: GlobalConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """``g.schedule`` over the stage's ``g.iterations``: call ``.step()`` after every optimiser step; its
+    ``state_dict`` goes into the checkpoints, so a resumed run continues the same lr sequence."""
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, LRFactor(g.schedule, g.iterations, g.warmup))
 
 
 def _optimiser_step(loss: torch.Tensor, optimiser: torch.optim.Optimizer, scaler) -> None:
@@ -189,12 +238,14 @@ def _contrastive_sampler(volumes: list[Volume], cfg: RunConfig, by_partition: bo
 def _run_contrastive_stage(stage: str, stage_cfg: "GlobalConfig | LocalConfig", cfg: RunConfig, step,
                            model: UNet, head: torch.nn.Module, optimiser: torch.optim.Optimizer, sampler,
                            aug_gen: torch.Generator, out_dir: Path | None, resume: bool,
-                           progress: bool | None) -> StageResult:
-    """The loop, the final checkpoint and the result, shared by the global and the local stage."""
+                           progress: bool | str | None, extra_state: dict[str, Any] | None = None) -> StageResult:
+    """The loop, the final checkpoint and the result, shared by the global and the local stage.
+
+    ``extra_state``: more objects whose state a checkpoint keeps (e.g. an LR schedule, the collapse watch)."""
     result = run_loop(
         step,
         {"model": _ModuleState(model), "head": _ModuleState(head), "optimiser": optimiser,
-         "sampler": sampler, "augment": GeneratorState(aug_gen)},
+         "sampler": sampler, "augment": GeneratorState(aug_gen), **(extra_state or {})},
         iterations=stage_cfg.iterations, out=out_dir, resume=resume, checkpoint_every=stage_cfg.checkpoint_every,
         log_every=stage_cfg.log_every, images_per_step=2 * _batch_slices(cfg, stage_cfg.strategy),
         desc=f"{stage} {stage_cfg.strategy}", progress=progress,
@@ -212,12 +263,26 @@ def pretrain_global(
     resume: bool = False,
     overwrite: bool = False,
     device: torch.device | str | None = None,
-    progress: bool | None = None,
+    progress: bool | str | None = None,
+    val: list[Volume] | None = None,
 ) -> StageResult:
     """Pre-train the encoder and the global head g1 with ``cfg.global_.strategy`` (GR, GD-, GD or PCL).
 
     Volumes need no labels. Batches: GR and PCL draw ``batch_size`` random slices; GD- and GD draw
-    ``n_volumes`` x S partitions (one slice per partition); each slice gives two spatial+intensity views.
+    ``n_volumes`` x S partitions (one slice per partition); each slice gives two views
+    (``cfg.global_.augmentation``).
+
+    Optimiser and lr: ``cfg.global_.optimizer`` (default Adam, GLCL's; ``"sgd"`` for PCL's) and ``schedule``
+    (default constant, GLCL's; ``"cosine"`` over the stage's iterations, PCL's), see :class:`LRFactor`. The
+    schedule's state is checkpointed, so a resumed run follows the same lr sequence. g1: ``head``, ``head_hidden``,
+    ``head_dim`` (:class:`~glcl_core.models.GlobalHead`).
+
+    Health (columns of the history, at every logged step): ``loss_over_chance`` (this batch's loss over the loss of
+    identical embeddings under the same masks), and on fixed held-out batches of ``val`` (the validation volumes;
+    the training volumes if ``val`` is None) ``val_loss_over_chance``, ``retrieval_top1``, ``effective_rank`` and
+    ``embedding_std`` (:mod:`glcl_core.contrastive.health`). A stage that looks collapsed prints one warning line.
+    ``progress="lines"`` prints one line per logged step instead of a progress bar (the command line's choice
+    when it does not run in a terminal).
     """
     g = cfg.global_
     if g.strategy not in GLOBAL_STRATEGIES:
@@ -228,25 +293,36 @@ def pretrain_global(
     aug_gen = _seed_everything(cfg.seed)
     model = build_model(cfg).to(device)
     c, h, w = model.bottleneck_shape
-    head = GlobalHead(in_channels=c, spatial=h, mode=g.head).to(device)
+    head = GlobalHead(in_channels=c, spatial=(h, w), mode=g.head, hidden=g.head_hidden, out_dim=g.head_dim).to(device)
     sampler = _contrastive_sampler(volumes, cfg, by_partition=g.strategy in ("GD-", "GD"),
                                    n_volumes=g.n_volumes, batch_size=g.batch_size)
     embed = _prepare(cfg, _GlobalEmbedder(model, head), model)
     params = list(model.encoder.parameters()) + list(head.parameters())
-    optimiser = _adam(params, g.lr)
+    optimiser = _global_optimiser(params, g)
+    schedule = _lr_schedule(optimiser, g)
     scaler = _grad_scaler(device)
+    view_params = global_augmentation(g.augmentation)
+    monitor = GlobalMonitor(val or volumes, cfg, lambda views: _global_masks(views, cfg),
+                            GLOBAL_REDUCTION[g.strategy], device)
+    watch = CollapseWatch(f"global {g.strategy}", _logged_steps(g))
     model.train()
     head.train()
 
-    def step(_: int) -> dict[str, float]:
+    def step(i: int) -> dict[str, float]:
         batch = sampler.sample().to(device, non_blocking=True)
-        views = make_views(batch, aug_gen, stage="global")
-        loss = _global_views_loss(embed, views, cfg)
+        views = make_views(batch, aug_gen, stage="global", params=view_params)
+        stats: dict[str, float] = {}
+        loss = _global_views_loss(embed, views, cfg, stats)
         _optimiser_step(loss, optimiser, scaler)
-        return {"loss": loss.item()}
+        schedule.step()  # the lr of step i + 1
+        metrics = {"loss": loss.item(), "loss_over_chance": loss.item() / stats["chance"]}
+        if _is_logged(i, g):
+            metrics.update(monitor.measure(embed, model, head))
+            watch.update(i + 1, metrics)
+        return metrics
 
     return _run_contrastive_stage("global", g, cfg, step, model, head, optimiser, sampler, aug_gen,
-                                  out_dir, resume, progress)
+                                  out_dir, resume, progress, extra_state={"health": watch, "schedule": schedule})
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
@@ -254,20 +330,61 @@ def _full(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _global_views_loss(embed: torch.nn.Module, views: Batch, cfg: RunConfig) -> torch.Tensor:
+def _logged_steps(stage_cfg: "GlobalConfig | LocalConfig") -> int:
+    """How many steps of a stage the loop logs (every ``log_every`` and the last)."""
+    return stage_cfg.iterations // stage_cfg.log_every + int(stage_cfg.iterations % stage_cfg.log_every != 0)
+
+
+def _is_logged(i: int, stage_cfg: "GlobalConfig | LocalConfig") -> bool:
+    return (i + 1) % stage_cfg.log_every == 0 or i + 1 == stage_cfg.iterations
+
+
+def _global_masks(meta: "Batch | dict", cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, N)`` positive and negative masks of ``cfg.global_``'s strategy for a batch of views (or metadata)."""
+    g = cfg.global_
+    get = meta.get if isinstance(meta, dict) else (lambda k: getattr(meta, k))
+    return global_masks(g.strategy, image=get("image"), volume=get("volume"), partition=get("partition"),
+                        position=get("position"), threshold=g.threshold, pairing=g.gd_pairing)
+
+
+def _global_views_loss(embed: torch.nn.Module, views: Batch, cfg: RunConfig,
+                       stats: dict[str, float] | None = None) -> torch.Tensor:
     """The global loss of ``cfg.global_`` on a batch of views; ``embed``: images -> g1 embeddings.
 
+    ``stats``: if given, receives ``"chance"``, the loss of identical embeddings under this batch's masks.
     Under torchrun: of the global batch, from every rank's embeddings (gradients flow to the local slice) and
-    metadata."""
+    metadata. With ``g.base_temperature`` set, the loss (and the chance level) is multiplied by
+    ``temperature / base_temperature``, as PCL's code does (0.1 / 0.07): Adam is (up to its eps) blind to it, but
+    under SGD it scales the step like the lr."""
     g = cfg.global_
     with _autocast(views.images.device):
         z = embed(_input(views.images, cfg))
     z, meta = distributed.gather_with_grad(_full(z)), distributed.gather_metadata(views)
-    return global_loss(z, meta, g.strategy, temperature=g.temperature, threshold=g.threshold)
+    positives, negatives = _global_masks(meta, cfg)
+    scale = None if g.base_temperature is None else g.temperature / g.base_temperature
+    if stats is not None:
+        stats["chance"] = chance_level(positives.cpu(), negatives.cpu(), GLOBAL_REDUCTION[g.strategy])
+        if scale is not None:
+            stats["chance"] *= scale
+    loss = masked_info_nce(z, positives, negatives, g.temperature, GLOBAL_REDUCTION[g.strategy])
+    return loss if scale is None else loss * scale
+
+
+def _local_maps_loss(f1: torch.Tensor, f2: torch.Tensor, meta: "Batch | dict", cfg: RunConfig,
+                     projection=None) -> torch.Tensor:
+    """The local loss of ``cfg.local`` on the maps ``(B, C, h, w)`` of two views of the slices in ``meta``."""
+    lc = cfg.local
+    get = meta.get if isinstance(meta, dict) else (lambda k: getattr(meta, k))
+    return local_loss(
+        f1, f2, get("image"), get("volume"), get("partition"), strategy=lc.strategy, form=lc.form,
+        region_size=lc.region_size, pooling=lc.pooling, n_negatives=lc.n_negatives, temperature=lc.temperature,
+        negatives=lc.negatives, ld_pairs=lc.ld_pairs, ld_negative_regions=lc.ld_negative_regions,
+        region_projection=projection,
+    )
 
 
 def _local_views_loss(model: UNet, maps_of: torch.nn.Module, batch: Batch, views: Batch,
-                      cfg: RunConfig) -> torch.Tensor:
+                      cfg: RunConfig, stats: dict[str, float] | None = None) -> torch.Tensor:
     """The local loss of ``cfg.local`` on intensity-only views of ``batch``; ``maps_of``: encoder features -> g2
     maps (the frozen encoder runs without gradients). Under torchrun: of the global batch, as the global loss."""
     lc = cfg.local
@@ -279,10 +396,27 @@ def _local_views_loss(model: UNet, maps_of: torch.nn.Module, batch: Batch, views
     # (B, C, h, w) each: view 1 and view 2 of the same slices
     maps1, maps2 = (distributed.gather_with_grad(m) for m in _full(maps).chunk(2))
     meta = distributed.gather_metadata(batch)
-    return local_loss(
-        maps1, maps2, meta["image"], meta["volume"], meta["partition"], strategy=lc.strategy, form=lc.form,
-        region_size=lc.region_size, pooling=lc.pooling, n_negatives=lc.n_negatives, temperature=lc.temperature,
-    )
+    # the head's region projection (if any) runs on the gathered regions: its gradient is that of the global loss
+    # on every rank, identical across ranks, so DDP's average leaves it exact
+    head = _local_head_of(maps_of)
+    projection = head.project_regions if getattr(head, "projection", None) is not None else None
+    if stats is not None:  # identical region embeddings: constant maps, compared without the projection
+        with torch.no_grad():
+            ones = torch.ones_like(maps1[:, :1])
+            stats["chance"] = float(_local_maps_loss(ones, ones, meta, cfg))
+    return _local_maps_loss(maps1, maps2, meta, cfg, projection)
+
+
+def _local_head_of(maps_of: torch.nn.Module) -> torch.nn.Module | None:
+    """The head inside ``maps_of``: a :class:`_LocalMaps`, possibly wrapped by DDP (``.module``) or
+    ``torch.compile`` (``._orig_mod``); ``None`` if there is none."""
+    module = maps_of
+    while not isinstance(module, _LocalMaps):
+        inner = getattr(module, "module", None)
+        module = getattr(module, "_orig_mod", None) if inner is None else inner
+        if module is None:
+            return None
+    return module.head
 
 
 def _batch_slices(cfg: RunConfig, strategy: str) -> int:
@@ -309,6 +443,16 @@ def _init_state(init: "StageResult | dict | str | Path") -> tuple[dict[str, torc
 
 
 # ------------------------------------------------------------------------------------------------ stage 2: local
+def build_local_head(cfg: RunConfig, model: UNet, n_blocks: int | None = None) -> LocalHead:
+    """g2 and the region projection for ``cfg.local`` on top of decoder block ``n_blocks`` (default
+    ``decoder_blocks``): ``head_norm``, ``projection``, ``projection_dim``; the projection's input size follows
+    ``region_size`` and ``pooling`` (``C*K*K`` for flatten, ``C`` for mean)."""
+    lc = cfg.local
+    n_blocks = lc.decoder_blocks if n_blocks is None else int(n_blocks)
+    return LocalHead(in_channels=model.decoder_channels(n_blocks), norm=lc.head_norm, projection=lc.projection,
+                     region_size=lc.region_size, pooling=lc.pooling, projection_dim=lc.projection_dim)
+
+
 def pretrain_local(
     cfg: RunConfig,
     volumes: list[Volume],
@@ -317,7 +461,8 @@ def pretrain_local(
     resume: bool = False,
     overwrite: bool = False,
     device: torch.device | str | None = None,
-    progress: bool | None = None,
+    progress: bool | str | None = None,
+    val: list[Volume] | None = None,
 ) -> StageResult:
     """Pre-train the first ``decoder_blocks`` decoder blocks and g2 with a local loss (LR or LD).
 
@@ -336,7 +481,7 @@ def pretrain_local(
     load_pretrained(model, state, parts=("encoder",))
     model.to(device)
     n_blocks = lc.decoder_blocks
-    head = LocalHead(in_channels=model.decoder_channels(n_blocks)).to(device)
+    head = build_local_head(cfg, model, n_blocks).to(device)  # g2 and the region projection, trained together
     for p in model.encoder.parameters():
         p.requires_grad_(False)
     trained = list(model.decoder[:n_blocks].parameters()) + list(head.parameters())
@@ -345,34 +490,72 @@ def pretrain_local(
     sampler = _contrastive_sampler(volumes, cfg, by_partition=lc.strategy == "LD",
                                    n_volumes=lc.n_volumes, batch_size=lc.batch_size)
     maps_of = _prepare(cfg, _LocalMaps(model, head, n_blocks), model)
+    monitor = LocalMonitor(val or volumes, cfg, lambda f1, f2, b, project=True: _local_maps_loss(
+        f1, f2, b, cfg, head.project_regions if project and head.projection is not None else None), device)
+    watch = CollapseWatch(f"local {lc.strategy}", _logged_steps(lc))
     model.train()
     model.encoder.eval()  # frozen: keep its batch-norm statistics too
     head.train()
 
-    def step(_: int) -> dict[str, float]:
+    def step(i: int) -> dict[str, float]:
         batch = sampler.sample().to(device, non_blocking=True)
         views = make_views(batch, aug_gen, stage="local")
-        loss = _local_views_loss(model, maps_of, batch, views, cfg)
+        stats: dict[str, float] = {}
+        loss = _local_views_loss(model, maps_of, batch, views, cfg, stats)
         _optimiser_step(loss, optimiser, scaler)
-        return {"loss": loss.item()}
+        metrics = {"loss": loss.item(), "loss_over_chance": loss.item() / stats["chance"]}
+        if _is_logged(i, lc):
+            project = head.project_regions if head.projection is not None else None
+            local_maps = _LocalMaps(model, head, n_blocks)
+            metrics.update(monitor.measure(model.encode, local_maps, project, model.decoder, head))
+            watch.update(i + 1, metrics)
+        return metrics
 
     return _run_contrastive_stage("local", lc, cfg, step, model, head, optimiser, sampler, aug_gen,
-                                  out_dir, resume, progress)
+                                  out_dir, resume, progress, extra_state={"health": watch})
 
 
 # --------------------------------------------------------------------------------------------- stage 3: fine-tune
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "dice+ce") -> torch.Tensor:
-    """Soft Dice over foreground classes (GLCL's loss), optionally plus cross-entropy.
+SEGMENTATION_LOSSES = ("dice", "dice+ce", "glcl")
+GLCL_DICE_EPSILON = 1e-10  # added to the Dice denominator only (GLCL's losses.py); no smoothing in the numerator
 
-    logits: (B, K, H, W); labels: (B, H, W) int64 in 0..K-1. Under torchrun the Dice sums and the cross-entropy run
-    over the global batch (every rank's share), so every rank holds the single-process loss of that batch.
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "dice+ce") -> torch.Tensor:
+    """Fine-tuning loss of a batch of slices.
+
+    Args:
+        logits: ``(B, K, H, W)`` raw scores (softmax over K inside).
+        labels: ``(B, H, W)`` int64 in ``0..K-1``.
+        kind: which loss (probabilities ``p = softmax(logits)``, one-hot reference ``r``):
+
+            * ``"glcl"``: GLCL's fine-tuning loss (the default of the official code's loss switch):
+              ``1 - mean over images b and classes k, background included, of
+              2 sum_hw p r / (sum_hw p + sum_hw r + 1e-10)``. Dice per image and class, then averaged; a class
+              absent from an image and (almost) from its prediction contributes Dice ~ 0 and no gradient.
+            * ``"dice"``: one soft Dice per foreground class with sums over the whole batch,
+              ``(2 sum p r + 1e-5) / (sum p + sum r + 1e-5)``, ``1 -`` its mean over classes ``1..K-1``.
+            * ``"dice+ce"``: ``"dice"`` plus the mean pixel-wise cross-entropy (neither paper's loss; PCL
+              fine-tunes with cross-entropy alone).
+
+    Returns:
+        Scalar loss. Under torchrun every term is taken over the global batch (every rank's share): the batch-wide
+        Dice sums are summed across ranks; for ``"glcl"`` the per-image Dice terms and their count are summed
+        across ranks, so the mean runs over all images of the global batch. Every rank then holds the
+        single-process loss of that batch.
     """
-    if kind not in ("dice", "dice+ce"):
-        raise ValueError(f"unknown segmentation loss {kind!r}; choose 'dice' or 'dice+ce'")
+    if kind not in SEGMENTATION_LOSSES:
+        raise ValueError(f"unknown segmentation loss {kind!r}; choose one of {', '.join(SEGMENTATION_LOSSES)}")
     logits = _full(logits)
     n_classes = logits.shape[1]
     probs = logits.softmax(dim=1)
     onehot = F.one_hot(labels, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
+    if kind == "glcl":
+        intersection = (probs * onehot).sum((2, 3))  # (B, K)
+        denominator = probs.sum((2, 3)) + onehot.sum((2, 3)) + GLCL_DICE_EPSILON
+        dice = 2 * intersection / denominator  # (B, K): per image and class, background included
+        count = torch.tensor(float(dice.numel()), dtype=dice.dtype, device=dice.device)
+        totals = distributed.all_reduce_with_grad(torch.stack([dice.sum(), count]))
+        return 1 - totals[0] / totals[1].detach()
     dims = (0, 2, 3)
     intersection = distributed.all_reduce_with_grad((probs * onehot).sum(dims))
     denominator = distributed.all_reduce_with_grad(probs.sum(dims) + onehot.sum(dims))
@@ -394,15 +577,22 @@ def finetune(
     overwrite: bool = False,
     device: torch.device | str | None = None,
     progress: bool | None = None,
+    val_resolution: str = "native",
 ) -> StageResult:
     """Fine-tune a U-Net on the labelled volumes; keep the weights with the best validation Dice.
 
     ``init=None`` is random initialisation. By default a global-stage init loads the encoder, a local-stage init
     the encoder and its pre-trained decoder blocks (``init_parts`` overrides). The segmentation head is always new.
+    ``val_resolution``: grid of the validation Dice, ``"native"`` (each volume's own grid where it carries one,
+    as GLCL's model selection does) or ``"resampled"`` (see :func:`evaluate`).
     """
     fc = cfg.finetune
     if not labelled:
         raise ValueError("finetune needs at least one labelled volume")
+    if fc.loss not in SEGMENTATION_LOSSES:
+        raise ValueError(f"unknown finetune.loss {fc.loss!r}; choose one of {', '.join(SEGMENTATION_LOSSES)}")
+    if val_resolution not in EVAL_RESOLUTIONS:
+        raise ValueError(f"val_resolution must be one of {EVAL_RESOLUTIONS}, got {val_resolution!r}")
     for v in list(labelled) + list(val):
         if v.label is None:
             raise ValueError(f"{v.source or v.name}: fine-tuning and validation volumes need labels")
@@ -437,7 +627,8 @@ def finetune(
         _optimiser_step(loss, optimiser, scaler)
         metrics = {"loss": loss.item()}
         if val and ((i + 1) % fc.eval_every == 0 or i + 1 == fc.iterations):
-            val_dice = float(evaluate(model, val, device=device, n_classes=cfg.model.n_classes)["dice"].mean())
+            val_dice = float(evaluate(model, val, device=device, n_classes=cfg.model.n_classes,
+                                      resolution=val_resolution)["dice"].mean())
             metrics["val_dice"] = val_dice
             if val_dice > best["dice"]:
                 best.update(dice=val_dice, step=i + 1,
@@ -481,34 +672,100 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.n
 
 
 @torch.no_grad()
-def predict_volume(model: UNet, volume: Volume, device: torch.device | str | None = None,
-                   batch_size: int = 32) -> np.ndarray:
-    """Label map (Z, H, W) int64 predicted slice by slice."""
+def _predict_logits(model: UNet, volume: Volume, device: torch.device | str | None = None,
+                    batch_size: int = 32) -> Iterator[torch.Tensor]:
+    """Logits ``(b, K, H, W)`` on the device for consecutive chunks of ``batch_size`` slices of ``volume``, in eval
+    mode (the model's mode is restored afterwards)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     slices = torch.from_numpy(volume.image).unsqueeze(1)  # (Z, 1, H, W)
-    out = []
-    for start in range(0, slices.shape[0], batch_size):
-        x = slices[start:start + batch_size].to(device)
-        with _autocast(device):
-            out.append(model(x).argmax(dim=1).cpu())
-    model.train(was_training)
+    try:
+        for start in range(0, slices.shape[0], batch_size):
+            x = slices[start:start + batch_size].to(device)
+            with _autocast(device):
+                logits = model(x)
+            yield logits
+    finally:
+        model.train(was_training)
+
+
+def predict_volume(model: UNet, volume: Volume, device: torch.device | str | None = None,
+                   batch_size: int = 32) -> np.ndarray:
+    """Label map (Z, H, W) int64 on the preprocessed grid, predicted slice by slice."""
+    out = [logits.argmax(dim=1).cpu() for logits in _predict_logits(model, volume, device, batch_size)]
     return torch.cat(out).numpy().astype(np.int64)
 
 
+def native_prediction(model: UNet, volume: Volume, device: torch.device | str | None = None,
+                      batch_size: int = 32, interpolation: str = "linear") -> np.ndarray:
+    """Label map ``(Z, H0, W0)`` int64 on the volume's native grid (``volume.meta["native_grid"]``, recorded by the
+    NIfTI loader): the softmax probabilities ``(b, K, H, W)`` predicted on the preprocessed grid are mapped back
+    through the centre crop/pad and the in-plane resampling, bilinearly by default, then argmax
+    (:func:`glcl_core.data.preprocess.scores_to_native`). Interpolating probabilities rather than the predicted
+    labels gives smooth boundaries on a finer native grid (nearest-neighbour label upsampling gives staircase
+    boundaries of preprocessed-pixel steps). Native pixels cropped away by preprocessing are background.
+    ``interpolation="nearest"`` is nearest-neighbour resampling of the predicted labels.
+    """
+    grid = (volume.meta or {}).get("native_grid")
+    if grid is None:
+        raise ValueError(f"{volume.source or volume.name}: no meta['native_grid'] (volume not made by the loader)")
+    out = []
+    for logits in _predict_logits(model, volume, device, batch_size):
+        probs = logits.float().softmax(dim=1).cpu().numpy()
+        out.append(scores_to_native(probs, grid, interpolation))
+    return np.concatenate(out)
+
+
+EVAL_RESOLUTIONS = ("native", "resampled")
+
+
 def evaluate(model: UNet, volumes: list[Volume], device: torch.device | str | None = None,
-             n_classes: int | None = None, class_names: list[str] | None = None):
-    """Foreground 3D Dice per class and test volume, as a tidy table (volume, class, dice)."""
+             n_classes: int | None = None, class_names: list[str] | None = None, resolution: str = "native",
+             interpolation: str = "linear"):
+    """Foreground 3D Dice per class and test volume, as a tidy table (volume, class, dice, resolution).
+
+    Args:
+        resolution: ``"native"`` (default): Dice on each volume's own grid, the prediction mapped back
+            (:func:`native_prediction`) and compared with the label at its stored resolution (canonical orientation,
+            not resampled); needs ``meta["native_grid"]`` and a native label (:func:`glcl_core.data.io.native_label`),
+            which volumes from :func:`glcl_core.data.load_volumes` (NIfTI folders and the embedded data set) carry.
+            Other volumes (e.g. built by hand) fall back to the preprocessed grid. ``"resampled"``: Dice on the
+            preprocessed grid for every volume (faster; voxels cropped away by preprocessing are not counted and the
+            label has been resampled with nearest neighbour).
+        interpolation: how native predictions are mapped back, ``"linear"`` (probabilities) or ``"nearest"``.
+    Returns:
+        pandas.DataFrame with one row per volume and foreground class; ``resolution`` says which grid each row's
+        Dice was computed on (``"native"`` or ``"resampled"``), and ``table.attrs["resolution"]`` is that value
+        for the whole table (``"mixed"`` when volumes differ). Dice is NaN for a class absent from both prediction
+        and reference.
+    """
     import pandas as pd
 
+    from glcl_core.data.io import native_label
+
+    if resolution not in EVAL_RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {EVAL_RESOLUTIONS}, got {resolution!r}")
     n_classes = n_classes or model.n_classes
     rows = []
     for v in volumes:
         if v.label is None:
             raise ValueError(f"{v.source or v.name}: evaluation needs labels")
-        scores = dice_per_class(predict_volume(model, v, device), v.label, n_classes)
+        grid = (v.meta or {}).get("native_grid")
+        target = native_label(v) if resolution == "native" and grid is not None else None
+        if target is not None:
+            if target.shape != (v.n_slices, *grid.shape):
+                raise ValueError(f"{v.source or v.name}: native label shape {target.shape} does not match "
+                                 f"({v.n_slices}, {grid.shape[0]}, {grid.shape[1]})")
+            used = "native"
+            pred = native_prediction(model, v, device, interpolation=interpolation)
+        else:
+            used, pred, target = "resampled", predict_volume(model, v, device), v.label
+        scores = dice_per_class(pred, target, n_classes)
         for k in range(1, n_classes):
             name = class_names[k] if class_names else str(k)
-            rows.append({"volume": v.name, "class": name, "dice": float(scores[k])})
-    return pd.DataFrame(rows, columns=["volume", "class", "dice"])
+            rows.append({"volume": v.name, "class": name, "dice": float(scores[k]), "resolution": used})
+    table = pd.DataFrame(rows, columns=["volume", "class", "dice", "resolution"])
+    used_all = set(table["resolution"])
+    table.attrs["resolution"] = used_all.pop() if len(used_all) == 1 else ("mixed" if used_all else resolution)
+    return table
