@@ -133,3 +133,19 @@ def test_local_stage_history_has_health_columns(strategy):
         assert column in h.columns
     assert ((h["retrieval_top1"] >= 0) & (h["retrieval_top1"] <= 1)).all()
     assert (h["loss_over_chance"] > 0).all() and (h["loss_over_chance"] < 2).all()
+
+
+def test_plot_health_draws_one_line_per_run_and_panel():
+    import pandas as pd
+
+    from glcl_core.viz.embeddings import plot_health
+
+    h = pd.DataFrame({"step": [10, 20], "loss_over_chance": [0.9, 0.5], "val_loss_over_chance": [0.95, 0.6],
+                      "retrieval_top1": [0.2, 0.8], "effective_rank": [5.0, 9.0]})
+    fig = plot_health({"GR": h, "GD": h.assign(retrieval_top1=[0.1, 0.3])})
+    axes = fig.axes
+    assert len(axes) == 3
+    assert [len(ax.lines) for ax in axes] == [2 * 2 + 1, 2 + 0, 2 + 1]  # + val dotted lines, + reference lines
+    assert list(axes[1].lines[1].get_ydata()) == [0.1, 0.3]
+    with pytest.raises(ValueError):
+        plot_health({})

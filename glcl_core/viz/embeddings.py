@@ -199,6 +199,52 @@ def plot_loss_curves(histories: Mapping[str, pd.DataFrame], chance: Mapping[str,
     return fig
 
 
+HEALTH_PANELS = (
+    ("loss_over_chance", "loss / chance (training batches)", 1.0),
+    ("retrieval_top1", "top-1 positive retrieval (validation)", None),
+    ("effective_rank", "effective rank (validation)", 2.0),
+)
+
+
+def plot_health(histories: Mapping[str, pd.DataFrame], smooth: int = 1, fig: Figure | None = None,
+                title: str | None = None) -> Figure:
+    """Training health of pre-training stages, one line per run: loss / chance level on the training batches
+    (the validation batches' ratio dotted), top-1 positive retrieval and effective rank on fixed validation
+    batches (:mod:`glcl_core.contrastive.health`). Grey dashed lines: chance (1) and the collapse level (rank 2).
+    ``smooth``: rolling-mean window over logged steps for the training ratio."""
+    if not histories:
+        raise ValueError("no histories to plot")
+    if fig is None:
+        fig = Figure(figsize=(12.0, 3.3), layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(1, len(HEALTH_PANELS))
+    for name, history in histories.items():
+        colour = strategy_colour(name)
+        for ax, (column, label, _) in zip(axes, HEALTH_PANELS):
+            if column not in history:
+                continue
+            values = history[column]
+            if column == "loss_over_chance":
+                values = values.rolling(max(1, int(smooth)), min_periods=1).mean()
+                if "val_loss_over_chance" in history:
+                    ax.plot(history["step"], history["val_loss_over_chance"], color=colour, ls=":", lw=1.2)
+            ax.plot(history["step"], values, color=colour, label=name)
+    for ax, (_, label, level) in zip(axes, HEALTH_PANELS):
+        if level is not None:
+            ax.axhline(level, color="0.5", ls="--", lw=0.9)
+        ax.set_xlabel("step")
+        ax.set_title(label, fontsize=10)
+    axes[1].set_ylim(-0.02, 1.02)
+    axes[2].set_ylim(bottom=0)
+    handles = [Line2D([], [], color=strategy_colour(n), label=n) for n in histories]
+    handles.append(Line2D([], [], color="0.3", ls=":", label="validation loss / chance"))
+    axes[0].legend(handles=handles, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
 # ------------------------------------------------------------------------------------------------------ UMAP
 def _colour_values(meta: pd.DataFrame, by: str):
     """(colours per point, legend handles or None, colormap for a colourbar or None)."""
