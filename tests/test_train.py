@@ -228,9 +228,14 @@ def test_pcl_preset_values_and_profiles():
     assert gpu.global_.iterations == make_config("gpu").global_.iterations
     # overrides win over the preset; the GLCL defaults are untouched without a preset
     assert make_config("ci", preset="pcl", global_={"lr": 0.05, "strategy": "GR"}).global_.lr == 0.05
-    g = make_config("cpu").global_
+    g = make_config("gpu").global_
     assert (g.optimizer, g.lr, g.schedule, g.warmup, g.weight_decay, g.head, g.head_dim, g.gd_pairing) == (
         "adam", 1e-3, "constant", 0, 0.0, "dense", 128, "all")
+    assert g.augmentation == "glcl"
+    # the short-budget profiles change only the head and the intensity draws (BUDGET_GLOBAL_STAGE)
+    for profile in ("ci", "cpu"):
+        b = make_config(profile).global_
+        assert (b.head, b.augmentation, b.optimizer, b.lr, b.head_dim) == ("pooled", "glcl-per-image", "adam", 1e-3, 128)
     assert RunConfig.from_dict(cpu.to_dict()) == cpu
     assert set(PRESETS) == {"pcl"}
     with pytest.raises(ValueError, match="unknown preset"):
