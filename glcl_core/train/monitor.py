@@ -70,6 +70,16 @@ class CollapseWatch:
         self.warning = state.get("warning")
 
 
+def _held_out_sampler(volumes: list[Volume], cfg, by_partition: bool, n_volumes: int, batch_size: int):
+    """The monitor's fixed-seed sampler: a stage's batch shape, capped at what the held-out volumes hold."""
+    if by_partition:
+        return PartitionSampler(volumes, n_volumes=min(n_volumes, len(volumes)),
+                                n_partitions=cfg.data.n_partitions, seed=MONITOR_SEED)
+    n_slices = sum(v.n_slices for v in volumes)
+    return RandomSliceSampler(volumes, batch_size=min(batch_size, n_slices), seed=MONITOR_SEED,
+                              n_partitions=cfg.data.n_partitions)
+
+
 class GlobalMonitor:
     """Held-out batches of a global strategy and their masks; ``measure(embed)`` -> the health metrics.
 
@@ -79,13 +89,7 @@ class GlobalMonitor:
     def __init__(self, volumes: list[Volume], cfg, masks_of: Callable, reduction: str, device: torch.device,
                  n_batches: int = 2):
         g = cfg.global_
-        if g.strategy in ("GD-", "GD"):
-            sampler = PartitionSampler(volumes, n_volumes=min(g.n_volumes, len(volumes)),
-                                       n_partitions=cfg.data.n_partitions, seed=MONITOR_SEED)
-        else:
-            n_slices = sum(v.n_slices for v in volumes)
-            sampler = RandomSliceSampler(volumes, batch_size=min(g.batch_size, n_slices), seed=MONITOR_SEED,
-                                         n_partitions=cfg.data.n_partitions)
+        sampler = _held_out_sampler(volumes, cfg, g.strategy in ("GD-", "GD"), g.n_volumes, g.batch_size)
         views_gen = torch.Generator().manual_seed(MONITOR_SEED)
         self.temperature, self.reduction = g.temperature, reduction
         self.batches = []
@@ -124,13 +128,7 @@ class LocalMonitor:
         from glcl_core.augment import LocalAug
 
         lc = cfg.local
-        if lc.strategy == "LD":
-            sampler = PartitionSampler(volumes, n_volumes=min(lc.n_volumes, len(volumes)),
-                                       n_partitions=cfg.data.n_partitions, seed=MONITOR_SEED)
-        else:
-            n_slices = sum(v.n_slices for v in volumes)
-            sampler = RandomSliceSampler(volumes, batch_size=min(lc.batch_size, n_slices), seed=MONITOR_SEED,
-                                         n_partitions=cfg.data.n_partitions)
+        sampler = _held_out_sampler(volumes, cfg, lc.strategy == "LD", lc.n_volumes, lc.batch_size)
         views_gen = torch.Generator().manual_seed(MONITOR_SEED)
         self.loss_of, self.region_size, self.pooling = loss_of, lc.region_size, lc.pooling
         self.batches = []
