@@ -21,7 +21,7 @@ from glcl_core.profiles import PROFILES
 GLOBAL_CHOICES = ("GR", "GD-", "GD", "PCL")
 LOCAL_CHOICES = ("LR", "LD")
 INIT_CHOICES = ("random", "GR", "GD-", "GD", "PCL", "GD+LR", "GD+LD", "PCL+LR")
-EMBEDDED_PRESETS = ("standard", "varied")
+EMBEDDED_PRESETS = ("standard", "varied", "multicontrast")  # glcl_core.data.embedded.PRESETS
 PRESET_CHOICES = ("pcl",)  # glcl_core.train.config.PRESETS
 
 
@@ -202,7 +202,8 @@ def _positive_int(text: str) -> int:
 def _embedded_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedded", choices=EMBEDDED_PRESETS, default=None,
                    help="preset of the embedded data set when --data is not given (default standard; "
-                        "varied: more anatomical and contrast variation between subjects)")
+                        "varied: more anatomical and contrast variation between subjects; multicontrast: varied shapes, "
+                        "T1-, T2- or PD-like tissue contrast per subject)")
 
 
 def _preset_flag(p: argparse.ArgumentParser, what: str) -> None:

