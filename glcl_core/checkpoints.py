@@ -1,0 +1,112 @@
+"""Shipped pre-trained weights: export a pre-training run's weights under a name, and load them by name with their
+SHA-256 checked against the manifest.
+
+A shipped checkpoint holds what fine-tuning loads (the U-Net's weights, no projection heads), the stage and strategy
+that made it and its exact configuration. ``manifest.json`` beside the files records, per name: file, SHA-256, size,
+dtype, the configuration, the command that recreates it, its wall time and the machine it ran on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glcl_core.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from glcl_core.train.config import RunConfig
+
+DEFAULT_FOLDER = Path(__file__).resolve().parent / "pretrained"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A shipped checkpoint is unknown, missing or does not match its manifest."""
+
+
+@dataclass
+class ShippedCheckpoint:
+    """A verified checkpoint: ``path`` can be passed as ``init=`` to :func:`glcl_core.train.loops.finetune`."""
+
+    name: str
+    path: Path
+    config: RunConfig
+    entry: dict[str, Any]
+
+    def model(self):
+        """The U-Net its configuration names, with the shipped weights loaded (float32)."""
+        from glcl_core.train.loops import build_model
+
+        net = build_model(self.config)
+        state = load_checkpoint(self.path)["model"]
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        return net
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    path = Path(folder or DEFAULT_FOLDER) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); restore it with `git checkout -- {path}`") from err
+
+
+def available(folder: str | Path | None = None) -> list[str]:
+    return sorted(read_manifest(folder))
+
+
+def export(run_checkpoint: str | Path, name: str, command: str, wall_seconds: float,
+           folder: str | Path | None = None, dtype: str = "float32") -> dict[str, Any]:
+    """Write the U-Net weights of a pre-training run's ``final.pt`` (its ``config.json`` beside it) as ``name``
+    and record it in the manifest. ``dtype="float16"`` halves the file (check that Dice is unchanged first)."""
+    run_checkpoint = Path(run_checkpoint)
+    folder = Path(folder or DEFAULT_FOLDER)
+    source = load_checkpoint(run_checkpoint)
+    config = RunConfig.from_json(run_checkpoint.parent / "config.json")
+    cast = torch.float16 if dtype == "float16" else torch.float32
+    weights = {k: (v.to(cast) if v.is_floating_point() else v) for k, v in source["model"].items()}
+    file = folder / f"{name.replace('+', '_')}.pt"
+    save_checkpoint(file, {"model": weights, "stage": source.get("stage", "model"),
+                           "strategy": source.get("strategy", ""), "config": json.dumps(config.to_dict())})
+    entry = {"file": file.name, "sha256": sha256_of(file), "bytes": file.stat().st_size, "dtype": dtype,
+             "stage": source.get("stage", "model"), "strategy": source.get("strategy", ""),
+             "config": config.to_dict(), "command": command, "wall_seconds": round(float(wall_seconds), 1),
+             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
+    manifest = read_manifest(folder)
+    manifest[name] = entry
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return entry
+
+
+def load_pretrained(name: str, folder: str | Path | None = None) -> ShippedCheckpoint:
+    """The shipped checkpoint ``name`` (e.g. ``"GD+LR"``), after checking its SHA-256 against the manifest."""
+    folder = Path(folder or DEFAULT_FOLDER)
+    manifest = read_manifest(folder)
+    if name not in manifest:
+        shipped = ", ".join(sorted(manifest)) or "none"
+        raise CheckpointError(f"no shipped checkpoint named {name!r} in {folder / MANIFEST} (shipped: {shipped})")
+    entry = manifest[name]
+    path = folder / entry["file"]
+    how = f"recreate it with: {entry['command']}"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the file of checkpoint {name!r} is missing; restore it with "
+                              f"`git checkout -- {path}` or {how}")
+    got = sha256_of(path)
+    if got != entry["sha256"]:
+        raise CheckpointError(f"{path}: SHA-256 {got[:12]}... does not match the manifest ({entry['sha256'][:12]}...): "
+                              f"the file is damaged or was replaced. Restore it with `git checkout -- {path}` or {how}")
+    return ShippedCheckpoint(name, path, RunConfig.from_dict(entry["config"]), entry)
