@@ -171,9 +171,20 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
     overrides: dict = {}
     if args.finetune_iterations:
         overrides["finetune"] = {"iterations": args.finetune_iterations}
+    if args.probe:
+        overrides.setdefault("finetune", {})["freeze"] = True
     cfg = _config(args, **overrides)
-    out = Path(args.out or f"runs/experiment-{cfg.profile}")
-    table = run_experiment(cfg, out, inits=args.inits, n_labelled=args.n_labelled, seeds=args.seeds)
+    out = Path(args.out or f"runs/experiment-{cfg.profile}{'-probe' if args.probe else ''}")
+    pretrained = None
+    if args.shipped:
+        from glcl_core.checkpoints import CheckpointError, shipped_weights
+
+        try:
+            pretrained = shipped_weights(cfg, args.inits)
+        except CheckpointError as err:
+            raise CLIError(str(err)) from err
+    table = run_experiment(cfg, out, inits=args.inits, n_labelled=args.n_labelled, seeds=args.seeds,
+                           pretrained=pretrained)
     per_seed = table.groupby(["strategy", "n_labelled", "seed"])["dice"].mean()
     summary = per_seed.groupby(["strategy", "n_labelled"]).agg(["mean", "std", "count"]).round(3)
     print(summary.to_string())
@@ -277,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--finetune-iterations", type=_positive_int, default=None, metavar="N",
                    help="override the profile's fine-tuning iterations (pre-training keeps the profile's)")
+    p.add_argument("--probe", action="store_true",
+                   help="frozen-representation probe: keep the pre-trained encoder (and local-stage decoder blocks) "
+                        "fixed and train the rest")
+    p.add_argument("--shipped", action="store_true",
+                   help="use the shipped pre-trained checkpoints (glcl_core/pretrained) instead of pre-training; "
+                        "refused when their configuration differs from this run's")
     _preset_flag(p, "every initialisation's global stage (each keeps its own strategy)")
     _speed_flags(p)
     p.set_defaults(func=_cmd_experiment)

@@ -110,3 +110,59 @@ def load_pretrained(name: str, folder: str | Path | None = None) -> ShippedCheck
         raise CheckpointError(f"{path}: SHA-256 {got[:12]}... does not match the manifest ({entry['sha256'][:12]}...): "
                               f"the file is damaged or was replaced. Restore it with `git checkout -- {path}` or {how}")
     return ShippedCheckpoint(name, path, RunConfig.from_dict(entry["config"]), entry)
+
+
+def init_of(entry: dict[str, Any]) -> str:
+    """The initialisation a manifest entry stands for: ``"GD"`` for a global stage, ``"GD+LR"`` for a local one."""
+    config = entry["config"]
+    global_strategy = config["global_"]["strategy"]
+    if entry.get("stage") == "local":
+        return f"{global_strategy}+{config['local']['strategy']}"
+    return global_strategy
+
+
+def _pretraining_parts(config: dict[str, Any], init: str) -> dict[str, Any]:
+    """The parts of a configuration that decide an initialisation's pre-trained weights (JSON data)."""
+    config = RunConfig.from_dict(config).results_dict()
+    parts = {key: config[key] for key in ("seed", "data", "model", "global_")}
+    global_strategy, _, local_strategy = init.partition("+")
+    parts["global_"] = dict(parts["global_"], strategy=global_strategy)
+    if local_strategy:
+        parts["local"] = dict(config["local"], strategy=local_strategy)
+    return parts
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += _differences(a.get(key), b.get(key), f"{prefix}{'.' if prefix else ''}{key}")
+        return out
+    return [] if a == b else [f"{prefix}: shipped {a!r}, asked {b!r}"]
+
+
+def shipped_weights(cfg: RunConfig, inits, folder: str | Path | None = None) -> dict[str, Path]:
+    """``{init: verified checkpoint}`` for each pre-trained initialisation in ``inits`` ("random" needs none),
+    from the shipped checkpoint whose pre-training configuration equals ``cfg``'s (same data, model, global stage
+    and, for a local initialisation, local stage). Raises :class:`CheckpointError` naming the settings that differ
+    when no shipped checkpoint matches: pre-train instead (``retrain=True`` in the chapters)."""
+    manifest = read_manifest(folder)
+    found: dict[str, Path] = {}
+    for init in inits:
+        if init == "random":
+            continue
+        wanted = _pretraining_parts(cfg.to_dict(), init)
+        candidates = [(name, entry) for name, entry in sorted(manifest.items()) if init_of(entry) == init]
+        match = next((name for name, entry in candidates
+                      if _pretraining_parts(entry["config"], init) == wanted), None)
+        if match is None:
+            where = Path(folder or DEFAULT_FOLDER) / MANIFEST
+            if not candidates:
+                raise CheckpointError(f"{where}: no shipped checkpoint for {init!r} (shipped: "
+                                      f"{', '.join(sorted(manifest)) or 'none'}); pre-train it instead")
+            name, entry = candidates[0]
+            diff = _differences(_pretraining_parts(entry["config"], init), wanted)
+            raise CheckpointError(f"{where}: the shipped {init!r} checkpoint(s) were pre-trained with other settings "
+                                  f"({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); pre-train it instead")
+        found[init] = load_pretrained(match, folder).path
+    return found

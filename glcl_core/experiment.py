@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from glcl_core import distributed
 from glcl_core.data import load_volumes
@@ -146,8 +146,14 @@ def run_experiment(
     seeds: Iterable[int] = (0, 1, 2),
     progress: bool | None = None,
     log=print,
+    pretrained: Mapping[str, str | Path] | None = None,
 ):
-    """Run the grid; returns the whole CSV as a table. Finished cells are skipped on a re-run."""
+    """Run the grid; returns the whole CSV as a table. Finished cells are skipped on a re-run.
+
+    ``pretrained``: ``{init: checkpoint}`` used instead of pre-training those initialisations, e.g. the shipped
+    checkpoints (``glcl_core.checkpoints.shipped_weights(cfg, inits)``); the others are pre-trained under ``out``.
+    With ``cfg.finetune.freeze`` the grid is the frozen-representation probe instead of fine-tuning.
+    """
     import pandas as pd
 
     from glcl_core.train.loops import evaluate, finetune
@@ -160,8 +166,9 @@ def run_experiment(
     # under torchrun rank 0 owns the folder and the CSV; the other ranks train in lockstep and write nothing
     main = distributed.is_main()
     # the grid's Dice resolution (validation and test) is fixed when the grid is created: see _record_grid
+    pretrained = {init: Path(path) for init, path in (pretrained or {}).items()}
     resolution = distributed.broadcast_object(
-        distributed.run_on_main(lambda: _record_grid(out, cfg, inits, n_labelled, seeds)))
+        distributed.run_on_main(lambda: _record_grid(out, cfg, inits, n_labelled, seeds, pretrained)))
     csv_path = out / "results.csv"
     done = distributed.broadcast_object(finished_cells(csv_path) if main else None)
     with distributed.main_first():
@@ -175,7 +182,10 @@ def run_experiment(
         if not todo:
             continue
         t0 = time.perf_counter()
-        weights = pretrain(init, cfg, split.pool, out, progress=progress, val=split.val)
+        if init in pretrained:
+            weights = Pretrained(init, pretrained[init])
+        else:
+            weights = pretrain(init, cfg, split.pool, out, progress=progress, val=split.val)
         log(f"  {init}: pre-training ready ({time.perf_counter() - t0:.1f} s)")
         for n, seed in todo:
             t0 = time.perf_counter()
@@ -201,19 +211,31 @@ def run_experiment(
     return pd.read_csv(csv_path)
 
 
-def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[int], seeds: list[int]) -> str:
+def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[int], seeds: list[int],
+                 pretrained: Mapping[str, Path] | None = None) -> str:
     """Keep the grid's configuration beside its results; refuse to mix results of different configurations
-    (speed settings may differ). Returns the grid's Dice resolution (``evaluate``'s ``resolution``): ``"native"``
+    (speed settings may differ) or of different given pre-trained weights (recorded by SHA-256). Returns the grid's Dice resolution (``evaluate``'s ``resolution``): ``"native"``
     for a new grid; a grid whose ``experiment.json`` predates the ``dice_resolution`` entry was scored on the
     preprocessed grid and keeps ``"resampled"``, so one CSV never mixes the two."""
+    from glcl_core.checkpoints import sha256_of
+
+    given = {init: sha256_of(path) for init, path in sorted((pretrained or {}).items())}
     spec = {"config": json.loads(json.dumps(cfg.to_dict())), "inits": inits, "n_labelled": n_labelled, "seeds": seeds,
-            "dice_resolution": "native"}
+            "dice_resolution": "native", "pretrained_sha256": given}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "experiment.json"
     if path.exists():
         saved = json.loads(path.read_text())
         if _results_config(saved["config"]) != _results_config(spec["config"]):
             raise ValueError(f"{path}: this folder holds a grid run with another configuration; use a new --out")
+        saved_given = saved.get("pretrained_sha256", {})
+        # an initialisation run before must come from the same weights (None: pre-trained in this folder)
+        clash = sorted(i for i in inits if i in saved["inits"] and saved_given.get(i) != given.get(i))
+        if clash:
+            raise ValueError(f"{path}: this folder's {', '.join(clash)} results were made from other pre-trained "
+                             "weights (or pre-trained here instead of given); use a new --out")
+        given = {**saved_given, **given}
+        spec["pretrained_sha256"] = given
         # a later call may widen the grid; keep the union
         for key in ("inits", "n_labelled", "seeds"):
             spec[key] = list(dict.fromkeys(saved[key] + spec[key]))

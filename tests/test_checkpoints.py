@@ -35,8 +35,11 @@ def test_export_then_load_by_name_builds_the_configured_model(shipped, ci_split)
     assert res.extra["loaded"] == ["encoder"]
 
 
-def test_damaged_missing_or_unknown_checkpoint_gives_a_clear_error(shipped):
-    folder, _ = shipped
+def test_damaged_missing_or_unknown_checkpoint_gives_a_clear_error(shipped, tmp_path):
+    _, g = shipped
+    folder = tmp_path  # a copy of its own: the module's shipped folder stays intact for the other tests
+    checkpoints.export(g.out / "final.pt", "GD", command="python -m glcl_core pretrain --strategy GD --profile ci",
+                       wall_seconds=1.0, folder=folder)
     ck = checkpoints.load_pretrained("GD", folder)
     data = bytearray(ck.path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -47,7 +50,7 @@ def test_damaged_missing_or_unknown_checkpoint_gives_a_clear_error(shipped):
     ck.path.unlink()
     with pytest.raises(checkpoints.CheckpointError, match="is missing"):
         checkpoints.load_pretrained("GD", folder)
-    with pytest.raises(checkpoints.CheckpointError, match=r"no shipped checkpoint named 'PCL'.*GD, GD-half"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"no shipped checkpoint named 'PCL'.*shipped: GD\)"):
         checkpoints.load_pretrained("PCL", folder)
 
 
@@ -56,3 +59,52 @@ def test_every_shipped_checkpoint_matches_its_manifest():
         ck = checkpoints.load_pretrained(name)
         assert ck.entry["bytes"] <= 10_000_000
         ck.model()
+
+
+def test_shipped_weights_match_the_runs_pretraining_configuration(shipped):
+    folder, _ = shipped
+    cfg = make_config("ci")
+    found = checkpoints.shipped_weights(cfg, ["random", "GD"], folder)
+    assert set(found) == {"GD"} and found["GD"].name in {"GD.pt", "GD-half.pt"}
+    # fine-tuning settings do not decide pre-trained weights: still found
+    assert "GD" in checkpoints.shipped_weights(make_config("ci", finetune={"lr": 0.5}), ["GD"], folder)
+    # a global-stage setting does: refused, naming it
+    with pytest.raises(checkpoints.CheckpointError, match=r"global_\.temperature: shipped 0\.1, asked 0\.5"):
+        checkpoints.shipped_weights(make_config("ci", global_={"temperature": 0.5}), ["GD"], folder)
+    with pytest.raises(checkpoints.CheckpointError, match=r"no shipped checkpoint for 'GD\+LR'"):
+        checkpoints.shipped_weights(cfg, ["GD+LR"], folder)
+
+
+def test_grid_uses_given_weights_and_refuses_to_mix_them(shipped, tmp_path):
+    from glcl_core import experiment
+
+    folder, _ = shipped
+    cfg = make_config("ci", finetune={"freeze": True})
+    weights = checkpoints.shipped_weights(cfg, ["GD"], folder)
+    table = experiment.run_experiment(cfg, tmp_path, inits=["GD"], n_labelled=[1], seeds=[0], progress=False,
+                                      log=lambda *_: None, pretrained=weights)
+    assert set(table["strategy"]) == {"GD"} and not (tmp_path / "pretrain").exists()
+    spec = (tmp_path / "experiment.json").read_text()
+    assert checkpoints.sha256_of(weights["GD"]) in spec
+    # the probe kept the given encoder: the fine-tuned run's encoder equals the shipped one
+    final = torch.load(tmp_path / "finetune" / "GD" / "n1_s0" / "final.pt", weights_only=True)["model"]
+    given = torch.load(weights["GD"], weights_only=True)["model"]
+    enc = [k for k in given if k.startswith("encoder.") and given[k].is_floating_point()]
+    assert enc and all(torch.equal(final[k].float(), given[k].float()) for k in enc)
+    with pytest.raises(ValueError, match="other pre-trained weights"):
+        experiment.run_experiment(cfg, tmp_path, inits=["GD"], n_labelled=[1], seeds=[1], progress=False,
+                                  log=lambda *_: None)
+
+
+def test_cli_experiment_probe_with_shipped_weights(shipped, tmp_path, monkeypatch, capsys):
+    from glcl_core.__main__ import main
+
+    folder, _ = shipped
+    monkeypatch.setattr(checkpoints, "DEFAULT_FOLDER", folder)
+    args = ["experiment", "--profile", "ci", "--shipped", "--probe", "--n-labelled", "1", "--out", str(tmp_path)]
+    assert main(args + ["--inits", "random", "GD"]) == 0
+    spec = (tmp_path / "experiment.json").read_text()
+    assert '"freeze": true' in spec and checkpoints.sha256_of(folder / "GD.pt") in spec
+    assert not (tmp_path / "pretrain").exists()
+    assert main(args + ["--inits", "GD+LR"]) == 2
+    assert "no shipped checkpoint for 'GD+LR'" in capsys.readouterr().err
