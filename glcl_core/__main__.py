@@ -23,6 +23,7 @@ LOCAL_CHOICES = ("LR", "LD")
 INIT_CHOICES = ("random", "GR", "GD-", "GD", "PCL", "GD+LR", "GD+LD", "PCL+LR")
 EMBEDDED_PRESETS = ("standard", "varied", "multicontrast")  # glcl_core.data.embedded.PRESETS
 PRESET_CHOICES = ("pcl",)  # glcl_core.train.config.PRESETS
+BUDGET_CHOICES = ("profile", "long")  # glcl_core.train.config.BUDGETS
 
 
 class CLIError(Exception):
@@ -45,7 +46,8 @@ def _config(args: argparse.Namespace, **overrides):
             data[key] = getattr(args, key)
     if hasattr(args, "compile"):
         overrides["speed"] = {"compile": args.compile, "channels_last": args.channels_last}
-    return make_config(args.profile, seed=args.seed, preset=getattr(args, "preset", None), data=data, **overrides)
+    return make_config(args.profile, seed=args.seed, preset=getattr(args, "preset", None),
+                       budget=getattr(args, "budget", None) or "profile", data=data, **overrides)
 
 
 def _split(cfg):
@@ -223,6 +225,12 @@ def _preset_flag(p: argparse.ArgumentParser, what: str) -> None:
                         "512, PCL's augmentation, batch 32; the ci profile keeps its batch size)")
 
 
+def _budget_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", choices=BUDGET_CHOICES, default="profile",
+                   help="pre-training length: profile = the profile's (cpu: 300 global / 200 local steps); long = "
+                        "the shipped checkpoints' (cpu: 3000 / 2000, chosen on validation volumes)")
+
+
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--data", default=None, metavar="PATH",
                    help="Decathlon, ACDC or image/label folder (default: the embedded data set)")
@@ -257,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=GLOBAL_CHOICES, default=None,
                    help="global strategy (default GD, or the preset's: PCL for --preset pcl)")
     _preset_flag(p, "the global stage")
+    _budget_flag(p)
     # --local-strategy: the same under torchrun, whose own parser takes --local for an abbreviation of its options
     p.add_argument("--local", "--local-strategy", dest="local", choices=LOCAL_CHOICES, default=None,
                    help="also run the local stage")
@@ -295,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the shipped pre-trained checkpoints (glcl_core/pretrained) instead of pre-training; "
                         "refused when their configuration differs from this run's")
     _preset_flag(p, "every initialisation's global stage (each keeps its own strategy)")
+    _budget_flag(p)
     _speed_flags(p)
     p.set_defaults(func=_cmd_experiment)
     return parser

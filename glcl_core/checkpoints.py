@@ -38,13 +38,23 @@ class ShippedCheckpoint:
     entry: dict[str, Any]
 
     def model(self):
-        """The U-Net its configuration names, with the shipped weights loaded (float32)."""
+        """The U-Net its configuration names, with the shipped parts loaded (float32): the encoder of a global
+        stage, the encoder and decoder of a local stage; the other parts keep their fresh initialisation."""
+        from glcl_core.models import load_pretrained as load_parts
         from glcl_core.train.loops import build_model
 
         net = build_model(self.config)
-        state = load_checkpoint(self.path)["model"]
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        ckpt = load_checkpoint(self.path)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+        load_parts(net, state, parts=shipped_parts(ckpt.get("stage", "model")))
         return net
+
+
+def shipped_parts(stage: str) -> tuple[str, ...]:
+    """The U-Net parts fine-tuning loads from a stage's weights (``glcl_core.train.loops.finetune``), and so the
+    parts a shipped checkpoint keeps: the encoder of a global stage; the encoder and decoder of a local stage (its
+    first blocks trained, the others as initialised). The segmentation head is always trained anew."""
+    return ("encoder",) if stage == "global" else ("encoder", "decoder")
 
 
 def sha256_of(path: Path) -> str:
@@ -71,14 +81,16 @@ def available(folder: str | Path | None = None) -> list[str]:
 
 def export(run_checkpoint: str | Path, name: str, command: str, wall_seconds: float,
            folder: str | Path | None = None, dtype: str = "float32") -> dict[str, Any]:
-    """Write the U-Net weights of a pre-training run's ``final.pt`` (its ``config.json`` beside it) as ``name``
-    and record it in the manifest. ``dtype="float16"`` halves the file (check that Dice is unchanged first)."""
+    """Write the U-Net parts fine-tuning loads from a pre-training run's ``final.pt`` (its ``config.json`` beside
+    it; see :func:`shipped_parts`) as ``name`` and record it in the manifest. ``dtype="float16"`` halves the file (check that Dice is unchanged first)."""
     run_checkpoint = Path(run_checkpoint)
     folder = Path(folder or DEFAULT_FOLDER)
     source = load_checkpoint(run_checkpoint)
     config = RunConfig.from_json(run_checkpoint.parent / "config.json")
     cast = torch.float16 if dtype == "float16" else torch.float32
-    weights = {k: (v.to(cast) if v.is_floating_point() else v) for k, v in source["model"].items()}
+    keep = shipped_parts(source.get("stage", "model"))
+    weights = {k: (v.to(cast) if v.is_floating_point() else v) for k, v in source["model"].items()
+               if k.split(".")[0] in keep}
     file = folder / f"{name.replace('+', '_')}.pt"
     save_checkpoint(file, {"model": weights, "stage": source.get("stage", "model"),
                            "strategy": source.get("strategy", ""), "config": json.dumps(config.to_dict())})
@@ -126,10 +138,18 @@ def _pretraining_parts(config: dict[str, Any], init: str) -> dict[str, Any]:
     config = RunConfig.from_dict(config).results_dict()
     parts = {key: config[key] for key in ("seed", "data", "model", "global_")}
     global_strategy, _, local_strategy = init.partition("+")
-    parts["global_"] = dict(parts["global_"], strategy=global_strategy)
+    parts["global_"] = _without_bookkeeping(dict(parts["global_"], strategy=global_strategy))
     if local_strategy:
-        parts["local"] = dict(config["local"], strategy=local_strategy)
+        parts["local"] = _without_bookkeeping(dict(config["local"], strategy=local_strategy))
     return parts
+
+
+# How often a stage saves and logs: not part of what it learns.
+BOOKKEEPING = ("checkpoint_every", "log_every")
+
+
+def _without_bookkeeping(stage: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stage.items() if k not in BOOKKEEPING}
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -47,6 +47,26 @@ def test_cli_preset_parses():
     with pytest.raises(SystemExit):
         parser.parse_args(["pretrain", "--preset", "simclr"])
 
+def test_cli_budget_parses():
+    from glcl_core.__main__ import BUDGET_CHOICES, _config, build_parser
+    from glcl_core.train.config import BUDGETS, make_config
+
+    assert BUDGET_CHOICES == tuple(BUDGETS)
+    parser = build_parser()
+    for command in ("pretrain", "experiment"):
+        long = _config(parser.parse_args([command, "--profile", "cpu", "--budget", "long"]))
+        short = _config(parser.parse_args([command, "--profile", "cpu"]))
+        assert (long.global_.iterations, long.local.iterations) == (3000, 2000)
+        assert (short.global_.iterations, short.local.iterations) == (300, 200)
+        # the budget changes the pre-training length only
+        assert long.finetune == short.finetune and long.data == short.data
+    assert make_config("gpu", budget="long").global_.iterations == make_config("gpu").global_.iterations == 10000
+    with pytest.raises(ValueError, match="unknown budget"):
+        make_config("cpu", budget="short")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["experiment", "--budget", "short"])
+
+
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "experiment"])
 def test_cli_help(command):
     proc = _cli(command, "--help")

@@ -251,16 +251,28 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     "augmentation": "pcl", "temperature": 0.1, "base_temperature": 0.07, "batch_size": 32},
     },
 }
+# Pre-training budgets, applied on top of a profile (make_config(budget=...)). "profile": the profile's own
+# iterations (cpu: 300 global / 200 local steps, what a chapter trains in minutes). "long": the budget of the shipped
+# checkpoints (glcl_core/pretrained), chosen on validation volumes with scripts/pretraining_budget.py
+# (results/pretraining_budget_cpu.csv): on the cpu profile 3000 global steps and 2000 local steps (the profile's
+# 200/300 ratio); the gpu profile is already at the papers' 10,000; the ci profile stays seconds-long.
+BUDGETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "profile": {"ci": {}, "cpu": {}, "gpu": {}},
+    "long": {"ci": {}, "cpu": {"global_": {"iterations": 3000}, "local": {"iterations": 2000}}, "gpu": {}},
+}
+
 # Profile sizes a preset leaves alone: the ci profile stays seconds-long (its batch and iterations).
 _PRESET_KEEPS: dict[str, dict[str, tuple[str, ...]]] = {
     "ci": {"global_": ("batch_size", "iterations", "n_volumes")},
 }
 
 
-def make_config(profile: str | None = None, seed: int = 0, preset: str | None = None, **overrides: Any) -> RunConfig:
-    """The configuration of a profile, with optional preset and overrides.
+def make_config(profile: str | None = None, seed: int = 0, preset: str | None = None, budget: str = "profile",
+                **overrides: Any) -> RunConfig:
+    """The configuration of a profile, with optional preset, pre-training budget and overrides.
 
-    Order: the profile's table (sizes), then the preset (:data:`PRESETS`, another method's pipeline), then the
+    Order: the profile's table (sizes), then the pre-training budget (:data:`BUDGETS`: ``"profile"`` or ``"long"``,
+    the shipped checkpoints' budget), then the preset (:data:`PRESETS`, another method's pipeline), then the
     overrides, so an override always wins. Under the ci profile a preset does not change the sizes listed in
     ``_PRESET_KEEPS`` (batch size, iterations), so ci runs stay seconds-long; on the cpu and gpu profiles the
     preset's batch size applies.
@@ -271,6 +283,10 @@ def make_config(profile: str | None = None, seed: int = 0, preset: str | None = 
     profile = check_profile(profile) if profile else default_profile()
     cfg = RunConfig(profile=profile, seed=seed)
     for part, values in _PROFILE_OVERRIDES[profile].items():
+        _update(cfg, part, values)
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    for part, values in BUDGETS[budget][profile].items():
         _update(cfg, part, values)
     if preset is not None:
         if preset not in PRESETS:
