@@ -22,6 +22,9 @@ from glcl_core.train.config import RunConfig
 
 DEFAULT_FOLDER = Path(__file__).resolve().parent / "pretrained"
 MANIFEST = "manifest.json"
+# The embedded preset the shipped checkpoints were pre-trained on: the one where one labelled volume leaves room
+# for pre-training to help (see the book's chapter 1 and results/label_headroom_cpu.csv).
+SHIPPED_EMBEDDED = "multicontrast"
 
 
 class CheckpointError(ValueError):

@@ -159,6 +159,15 @@ def paired_comparison(df: pd.DataFrame, baseline: str = "random", level: float =
     return _ordered(out) if len(out) else out
 
 
+def label_efficiency(df: pd.DataFrame, baseline: str = "random", level: float = 0.95) -> pd.DataFrame:
+    """:func:`summary_table` beside :func:`paired_comparison` with ``baseline``: per (strategy, n_labelled) the
+    mean +- sd over seeds and the mean paired difference to the baseline with its interval (NaN for the baseline
+    itself). Columns: strategy, n_labelled, mean, sd, n_seeds, mean_diff, ci_low, ci_high, n_pairs, wins."""
+    summary = summary_table(df)
+    paired = paired_comparison(df, baseline, level).drop(columns="baseline")
+    return _ordered(summary.merge(paired, on=["strategy", "n_labelled"], how="left"))
+
+
 # ----------------------------------------------------------------------------------------------- presentation
 def format_summary(summary: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """Wide table for reading: one row per initialisation, one column per n_labelled, cells "mean ± sd (n)"."""

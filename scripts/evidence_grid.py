@@ -1,0 +1,158 @@
+"""The test-set grids of the label-efficiency study, in priority order, from given pre-trained weights.
+
+Three views of one question on one embedded preset, all from the long-budget pre-training
+(``make_config(profile, budget="long")``) and scored on the test volumes once every choice is fixed:
+
+* ``finetune``: label efficiency, fine-tuning Dice at 1, 2, 4, 8 and 12 labelled volumes;
+* ``probe``: the frozen-representation probe (``FinetuneConfig.freeze``) at 1, 2 and 4 labelled volumes;
+* the head start is read from the ``finetune`` grid's validation curves (``glcl_core.results.validation_curves``).
+
+The weights come from a checkpoint folder with a manifest (``glcl_core/pretrained`` for the shipped preset, or
+``runs/shipped-PROFILE/PRESET/export`` for another; both written by ``scripts/pretrain_shipped.py --export``) and are
+matched to the grid's configuration by ``glcl_core.checkpoints.shipped_weights``; initialisations without a
+checkpoint yet are skipped and named. Cells run in the order of ``PLAN`` (the claim's cells first) and finished
+cells are skipped, so the command is simply repeated until everything is done:
+
+    python scripts/evidence_grid.py --profile cpu --embedded multicontrast
+    python scripts/evidence_grid.py --profile cpu --embedded multicontrast --summary   # CSVs and figures
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from glcl_core import checkpoints
+from glcl_core.experiment import run_experiment
+from glcl_core.train.config import RunConfig, make_config
+from pretrain_shipped import default_folder  # scripts/ is on the path when this file is run
+
+MAIN = ["random", "GR", "GD", "PCL", "GD+LR"]  # the label-efficiency curves
+OTHERS = ["GD-", "GD+LD", "PCL+LR"]  # the rest of the full grid
+SEEDS = [0, 1, 2]
+# (grid, initialisations, labelled volumes): the claim (1 and 2 labelled volumes) first, the tails last
+PLAN = [
+    ("finetune", MAIN, [1, 2]),
+    ("probe", MAIN, [1]),
+    ("finetune", OTHERS, [1, 2]),
+    ("finetune", MAIN + OTHERS, [4]),
+    ("probe", MAIN, [2, 4]),
+    ("finetune", MAIN, [8, 12]),
+]
+
+
+def grid_config(profile: str, embedded: str, grid: str) -> RunConfig:
+    return make_config(profile, seed=0, budget="long", data={"embedded": embedded},
+                       finetune={"freeze": grid == "probe"}, speed={"channels_last": True})
+
+
+def available_weights(cfg: RunConfig, inits, folder: Path) -> tuple[dict[str, Path], list[str]]:
+    found, missing = {}, []
+    for init in inits:
+        if init == "random":
+            continue
+        try:
+            found.update(checkpoints.shipped_weights(cfg, [init], folder))
+        except checkpoints.CheckpointError as err:
+            missing.append(f"{init} ({err})")
+    return found, missing
+
+
+def run_plan(profile: str, embedded: str, out: Path, folder: Path, steps: list[int] | None = None,
+             only: list[str] | None = None, seeds: list[int] = SEEDS) -> None:
+    for index, (grid, inits, n_labelled) in enumerate(PLAN):
+        inits = [i for i in inits if only is None or i in only]
+        if (steps and index not in steps) or not inits:
+            continue
+        cfg = grid_config(profile, embedded, grid)
+        weights, missing = available_weights(cfg, inits, folder)
+        ready = [i for i in inits if i == "random" or i in weights]
+        for line in missing:
+            print(f"[{grid}] waiting for {line}")
+        if ready:
+            print(f"[{grid}] {ready} x n {n_labelled} x seeds {seeds}")
+            run_experiment(cfg, out / grid, inits=ready, n_labelled=n_labelled, seeds=seeds, progress=False,
+                           pretrained=weights)
+
+
+def _replace_preset_rows(path: Path, embedded: str, table: pd.DataFrame) -> None:
+    """Write ``table`` (this preset's rows, column ``embedded`` first) into ``path``, keeping other presets' rows."""
+    table = table.assign(embedded=embedded)[["embedded", *table.columns]]
+    if path.exists():
+        kept = pd.read_csv(path)
+        table = pd.concat([kept[kept["embedded"] != embedded], table], ignore_index=True)
+    table.to_csv(path, index=False, float_format="%.6g")
+
+
+def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "cpu") -> list[Path]:
+    """The study's tables and figures from the grid folders under ``out`` (whatever cells are finished):
+
+    * ``low_label_{profile}.csv`` (shipped preset) or ``low_label_{profile}_{embedded}.csv``: the fine-tuning grid's
+      rows (method, strategy, n_labelled, seed, volume, class, dice), its ``experiment.json`` beside it (``.json``);
+    * ``label_efficiency_{profile}.csv`` and ``frozen_probe_{profile}.csv``: per preset, initialisation and labelled
+      count the mean +- sd over seeds and the paired difference to random init with its 95 % interval;
+    * ``head_start_{profile}.csv``: validation Dice against fine-tuning step, mean and sd over seeds, 1 labelled volume;
+    * ``figures/{label_efficiency,frozen_probe,head_start}_{profile}_{embedded}.png``.
+    """
+    from glcl_core import results
+    from glcl_core.viz import segmentation as seg
+
+    written: list[Path] = []
+    figures = results_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    grid, probe = out / "finetune", out / "probe"
+    shipped = embedded == checkpoints.SHIPPED_EMBEDDED
+    if (grid / "results.csv").exists():
+        table = results.load_results(grid / "results.csv")
+        stem = f"low_label_{profile}" if shipped else f"low_label_{profile}_{embedded}"
+        table.to_csv(results_dir / f"{stem}.csv", index=False)
+        shutil.copyfile(grid / "experiment.json", results_dir / f"{stem}.json")
+        efficiency = results.label_efficiency(table)
+        _replace_preset_rows(results_dir / f"label_efficiency_{profile}.csv", embedded, efficiency)
+        fig = seg.plot_dice(results.summary_table(table[table["strategy"].isin(MAIN)]),
+                            title=f"Label efficiency, {embedded} preset (fine-tuned, test volumes)")
+        fig.savefig(figures / f"label_efficiency_{profile}_{embedded}.png", dpi=120)
+        curves = results.curve_summary(results.validation_curves(grid))
+        curves = curves[curves["n_labelled"] == 1]
+        _replace_preset_rows(results_dir / f"head_start_{profile}.csv", embedded, curves)
+        fig = seg.plot_validation_curves(curves, title=f"Head start, {embedded} preset, 1 labelled volume")
+        fig.savefig(figures / f"head_start_{profile}_{embedded}.png", dpi=120)
+        written += [results_dir / f"{stem}.csv", figures / f"label_efficiency_{profile}_{embedded}.png",
+                    figures / f"head_start_{profile}_{embedded}.png"]
+    if (probe / "results.csv").exists():
+        table = results.load_results(probe / "results.csv")
+        _replace_preset_rows(results_dir / f"frozen_probe_{profile}.csv", embedded, results.label_efficiency(table))
+        fig = seg.plot_dice(results.summary_table(table),
+                            title=f"Frozen-encoder probe, {embedded} preset (test volumes)")
+        fig.savefig(figures / f"frozen_probe_{profile}_{embedded}.png", dpi=120)
+        written.append(figures / f"frozen_probe_{profile}_{embedded}.png")
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--embedded", default="multicontrast")
+    p.add_argument("--out", type=Path, default=None, help="default runs/evidence-PROFILE/EMBEDDED")
+    p.add_argument("--folder", type=Path, default=None, help="checkpoint folder (default: see module docstring)")
+    p.add_argument("--steps", nargs="+", type=int, default=None, help="only these entries of PLAN (0-based)")
+    p.add_argument("--inits", nargs="+", default=None,
+                   help="only these initialisations (two processes on one grid folder need disjoint sets)")
+    p.add_argument("--seeds", nargs="+", type=int, default=SEEDS, help="labelled draws (default 0 1 2)")
+    p.add_argument("--summary", action="store_true", help="write the result tables and figures instead")
+    args = p.parse_args(argv)
+    out = args.out or Path("runs") / f"evidence-{args.profile}" / args.embedded
+    if args.summary:
+        write_summary(out, args.embedded, Path("results"), profile=args.profile)
+        return
+    folder = args.folder or default_folder(args.profile, args.embedded)
+    print(f"weights from {folder}")
+    run_plan(args.profile, args.embedded, out, folder, args.steps, args.inits, args.seeds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The label-efficiency pipeline end to end in the ci profile: pre-train the shipped initialisations, export them,
+run the test-set grids from the exported weights, summarise."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import evidence_grid  # noqa: E402
+import pretrain_shipped  # noqa: E402
+
+from glcl_core import checkpoints  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evidence")
+    runs, folder = root / "runs", root / "export"
+    common = ["--profile", "ci", "--embedded", "standard", "--runs", str(runs)]
+    pretrain_shipped.main(common + ["--inits", "GD"])
+    assert (runs / "pretrain" / "GD" / "final.pt").is_file()
+    wall = json.loads((runs / "pretrain" / "GD" / "wall.json").read_text())
+    assert wall["seconds"] > 0 and wall["estimated"] is False
+    pretrain_shipped.main(common + ["--inits", "GD", "GD+LR", "--export", "--folder", str(folder)])
+    return root, folder
+
+
+def test_export_writes_finished_runs_only_and_once(exported, capsys):
+    root, folder = exported
+    manifest = checkpoints.read_manifest(folder)
+    assert list(manifest) == ["GD"]  # GD+LR was never pre-trained: named, not exported
+    entry = manifest["GD"]
+    assert entry["config"]["global_"]["iterations"] == 4 and "pretrain_shipped.py" in entry["command"]
+    before = (folder / "manifest.json").read_text()
+    pretrain_shipped.main(["--profile", "ci", "--embedded", "standard", "--runs", str(root / "runs"),
+                           "--inits", "GD", "--export", "--folder", str(folder)])
+    assert "already exported" in capsys.readouterr().out
+    assert (folder / "manifest.json").read_text() == before
+
+
+def test_grids_use_the_exported_weights_and_summarise(exported, tmp_path):
+    _, folder = exported
+    out, results_dir = tmp_path / "grid", tmp_path / "results"
+    args = ["--profile", "ci", "--embedded", "standard", "--folder", str(folder), "--out", str(out),
+            "--inits", "random", "GD", "GD+LR", "--seeds", "0", "1", "--steps", "0", "1"]
+    evidence_grid.main(args)
+    spec = json.loads((out / "finetune" / "experiment.json").read_text())
+    assert spec["pretrained_sha256"] == {"GD": checkpoints.read_manifest(folder)["GD"]["sha256"]}
+    assert json.loads((out / "probe" / "experiment.json").read_text())["config"]["finetune"]["freeze"] is True
+    rows = len(pd.read_csv(out / "finetune" / "results.csv"))
+    evidence_grid.main(args)  # finished cells are skipped
+    assert len(pd.read_csv(out / "finetune" / "results.csv")) == rows
+
+    written = evidence_grid.write_summary(out, "standard", results_dir, profile="ci")
+    assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+    efficiency = pd.read_csv(results_dir / "label_efficiency_ci.csv")
+    assert set(efficiency["strategy"]) == {"random", "GD"} and set(efficiency["n_labelled"]) == {1, 2}
+    gd = efficiency[efficiency["strategy"] == "GD"]
+    assert (gd["n_pairs"] == 2).all() and (gd["ci_low"] <= gd["mean_diff"]).all()
+    probe = pd.read_csv(results_dir / "frozen_probe_ci.csv")
+    assert set(probe["strategy"]) == {"random", "GD"} and set(probe["n_labelled"]) == {1}
+    head = pd.read_csv(results_dir / "head_start_ci.csv")
+    assert set(head["n_labelled"]) == {1} and (head["n_seeds"] == 2).all()
+    # a second preset's rows are added beside the first's, not over them
+    evidence_grid._replace_preset_rows(results_dir / "label_efficiency_ci.csv", "varied",
+                                       efficiency.drop(columns="embedded"))
+    both = pd.read_csv(results_dir / "label_efficiency_ci.csv")
+    assert both.groupby("embedded").size().to_dict() == {"standard": len(efficiency), "varied": len(efficiency)}
