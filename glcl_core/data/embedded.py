@@ -496,7 +496,8 @@ def write_dataset(folder: Path, n_subjects: int, seed: int, params: GeneratorPar
         "reference": "Fonov et al., NeuroImage 54(1) 2011; Fonov et al., NeuroImage 47 S102 2009",
         "licence": LICENCE,
         "tensorImageSize": "3D",
-        "modality": {"0": "T1"},
+        # one MR channel: T1 contrast, or per subject a T1-, T2- or PD-like one (generator.subjects says which)
+        "modality": {"0": "MR (T1-, T2- or PD-like per subject)" if params.contrast_families else "T1"},
         "labels": LABEL_NAMES,
         "numTraining": n_subjects,
         "numTest": 0,

@@ -7,12 +7,12 @@ it (with frozen controls) without a kernel.
 """
 from __future__ import annotations
 
+import base64
 import io
 from typing import Callable, Sequence
 
 import ipywidgets as widgets
 import numpy as np
-from IPython.display import Image, display
 from matplotlib.figure import Figure
 
 from glcl_core.data.volume import Volume
@@ -27,11 +27,15 @@ def figure_png(fig: Figure, dpi: float | None = None) -> bytes:
 
 
 def show_in(output: widgets.Output, fig: Figure) -> None:
-    """Replace what ``output`` shows with ``fig`` (as a PNG)."""
+    """Replace what ``output`` shows with ``fig`` (as a PNG).
+
+    The widget's ``outputs`` are set in one assignment rather than captured with ``with output:`` and
+    ``clear_output(wait=True)``: a single state change, which front ends and notebook executors (nbclient) apply
+    the same way, where output capture during a cell's execution can leave an executor waiting."""
     png = figure_png(fig)
-    with output:
-        output.clear_output(wait=True)
-        display(Image(data=png, format="png"))
+    output.outputs = ({"output_type": "display_data", "metadata": {},
+                       "data": {"image/png": base64.b64encode(png).decode("ascii"),
+                                "text/plain": f"<Figure {fig.get_figwidth():g}x{fig.get_figheight():g} in>"}},)
 
 
 def volume_dropdown(volumes: Sequence[Volume], value: int = 0) -> widgets.Dropdown:
