@@ -6,10 +6,9 @@
 #   nohup bash scripts/evidence_queue.sh A >> runs/logs/lane_A.log 2>&1 &
 #   nohup bash scripts/evidence_queue.sh B >> runs/logs/lane_B.log 2>&1 &
 #
-# Lane A: the budget sweep on the standard preset (validation only), then the shipped initialisations the sweep
-# does not make (G^D-, G^D + L^D, PCL + L^R), then its share of the test-set grid.
-# Lane B: the long runs on the shipped preset (G^D, G^D + L^R, G^R, PCL with their validation measures), then the
-# test-set grid of the label-efficiency curves. Each lane's grid cells are disjoint from the other's.
+# The claim's cells come first: the shipped preset's long runs (G^D, G^D + L^R, G^R, PCL, with their validation
+# measures), then its test-set grid; the initialisations only the full grid needs and the rest of the validation
+# budget sweep on the standard preset come last. The two lanes never work on the same run or grid cell.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MPLBACKEND=Agg GLCL_PROGRESS=0
@@ -17,23 +16,25 @@ export GLCL_DATA_DIR="${GLCL_DATA_DIR:-$PWD/.cache/glcl_data}" NUMBA_CACHE_DIR="
 PY="${PYTHON:-.venv/bin/python}"
 PRESET=multicontrast
 
-export_weights() {
-    "$PY" scripts/pretrain_shipped.py --profile cpu --embedded "$PRESET" --reuse runs/budget-cpu --export
-}
+budget() { "$PY" scripts/pretraining_budget.py --profile cpu "$@"; }
+export_weights() { "$PY" scripts/pretrain_shipped.py --profile cpu --embedded "$PRESET" --reuse runs/budget-cpu --export; }
+grid() { "$PY" scripts/evidence_grid.py --profile cpu --embedded "$PRESET" "$@"; }
 
 case "${1:-}" in
 A)
-    "$PY" scripts/pretraining_budget.py --profile cpu --inits GD+LR GR PCL
+    budget --inits GD+LR                                              # standard preset, 300/1000/3000 steps
+    budget --embedded "$PRESET" --budgets 3000 --inits GR PCL
     "$PY" scripts/pretrain_shipped.py --profile cpu --embedded "$PRESET" --reuse runs/budget-cpu --inits GD- GD+LD PCL+LR
     export_weights
-    "$PY" scripts/evidence_grid.py --profile cpu --embedded "$PRESET" --inits GD- GD+LD PCL+LR PCL
+    grid --inits PCL GD- GD+LD PCL+LR
+    budget --inits GR PCL                                             # the rest of the standard-preset sweep
     ;;
 B)
-    "$PY" scripts/pretraining_budget.py --profile cpu --embedded "$PRESET" --budgets 3000 --inits GD random GD+LR GR PCL
-    export_weights
-    "$PY" scripts/evidence_grid.py --profile cpu --embedded "$PRESET" --inits random GR GD GD+LR
-    export_weights
-    "$PY" scripts/evidence_grid.py --profile cpu --embedded "$PRESET" --inits random GR GD GD+LR
+    budget --embedded "$PRESET" --budgets 3000 --inits GD random GD+LR
+    for pass in 1 2 3; do  # later passes pick up initialisations lane A exported meanwhile
+        export_weights
+        grid --inits random GR GD GD+LR
+    done
     ;;
 *)
     echo "usage: bash scripts/evidence_queue.sh A|B" >&2
