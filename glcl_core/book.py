@@ -67,3 +67,28 @@ def _matplotlib_defaults() -> None:
         "axes.titlesize": "medium",
         "image.interpolation": "nearest",
     })
+
+
+def pretrained_weights(cfg: RunConfig, inits, out: str | Path, retrain: bool = False, folder: str | Path | None = None,
+                       log=print) -> dict[str, Path]:
+    """``{init: checkpoint}`` for the pre-trained initialisations in ``inits`` ("random" needs none).
+
+    ``retrain=False``: the shipped checkpoints whose pre-training configuration equals ``cfg``'s
+    (:func:`glcl_core.checkpoints.shipped_weights`, hashes checked), e.g. ``make_config("cpu", budget="long",
+    data={"embedded": checkpoints.SHIPPED_EMBEDDED})``. When none matches (another profile, data set or setting),
+    it says why and pre-trains instead. ``retrain=True``: pre-train under ``out/pretrain`` (resumes; a finished
+    stage is reused), as :func:`glcl_core.experiment.run_experiment` does.
+    """
+    from glcl_core import checkpoints
+    from glcl_core.experiment import prepare_split, pretrain
+
+    wanted = [i for i in inits if i != "random"]
+    if not retrain:
+        try:
+            found = checkpoints.shipped_weights(cfg, wanted, folder)
+            log(f"shipped checkpoints: {', '.join(wanted) or 'none needed'} (SHA-256 checked)")
+            return found
+        except checkpoints.CheckpointError as err:
+            log(f"no matching shipped checkpoint, pre-training instead: {err}")
+    split = prepare_split(cfg)
+    return {init: pretrain(init, cfg, split.pool, Path(out), progress=False, val=split.val).checkpoint for init in wanted}

@@ -113,3 +113,19 @@ def test_cli_experiment_probe_with_shipped_weights(shipped, tmp_path, monkeypatc
     assert not (tmp_path / "pretrain").exists()
     assert main(args + ["--inits", "GD+LR"]) == 2
     assert "no shipped checkpoint for 'GD+LR'" in capsys.readouterr().err
+
+
+def test_chapter_weights_use_shipped_ones_or_pretrain(shipped, tmp_path):
+    from glcl_core.book import pretrained_weights
+
+    folder, _ = shipped
+    said = []
+    found = pretrained_weights(make_config("ci"), ["random", "GD"], tmp_path, folder=folder, log=said.append)
+    assert set(found) == {"GD"} and found["GD"].parent == folder and not (tmp_path / "pretrain").exists()
+    # retrain: pre-trained here, in the grid's layout
+    found = pretrained_weights(make_config("ci"), ["GD"], tmp_path, retrain=True, folder=folder, log=said.append)
+    assert found["GD"] == tmp_path / "pretrain" / "GD" / "final.pt" and found["GD"].is_file()
+    # no shipped checkpoint with these settings: says why and pre-trains
+    other = make_config("ci", global_={"temperature": 0.5})
+    found = pretrained_weights(other, ["GD"], tmp_path / "other", folder=folder, log=said.append)
+    assert found["GD"].is_file() and "global_.temperature: shipped 0.1, asked 0.5" in said[-1]
