@@ -40,6 +40,13 @@ SETUP_SOURCE = '''from glcl_core.book import chapter_setup
 run = chapter_setup(profile, seed)'''
 
 
+def parameters_source(meta: dict) -> str:
+    """The standard parameters cell, plus the chapter's own parameters (metadata ``glcl.parameters``, e.g.
+    ``retrain = False  # ...``) after the two shared lines."""
+    extra = meta.get("parameters", "").strip("\n")
+    return PARAMETERS_SOURCE + (f"\n{extra}" if extra else "")
+
+
 def chapters() -> list[Path]:
     return sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
 
@@ -57,12 +64,13 @@ def _title_source(path: Path, title: str, summary: str) -> str:
     return f"# {title}\n\n{badge}\n\n{summary}"
 
 
-def opening_cells(path: Path, title: str, summary: str, imports: dict | None = None) -> list[dict]:
+def opening_cells(path: Path, title: str, summary: str, imports: dict | None = None,
+                  parameters: str = PARAMETERS_SOURCE) -> list[dict]:
     return [
         _cell("markdown", _title_source(path, title, summary), [OPENING]),
         _cell("code", INSTALL_SOURCE, [OPENING, "install", "hide-input"]),
         imports or _cell("code", "import matplotlib.pyplot as plt\n", []),
-        _cell("code", PARAMETERS_SOURCE, [OPENING, "parameters"]),
+        _cell("code", parameters, [OPENING, "parameters"]),
         _cell("code", SETUP_SOURCE, [OPENING, "setup"]),
     ]
 
@@ -98,7 +106,7 @@ def refresh_opening(path: Path) -> None:
             body_start = i + 1
         elif imports is None and c["cell_type"] == "code":
             imports, body_start = c, i + 1
-    new_cells = opening_cells(path, meta["title"], meta["summary"], imports)
+    new_cells = opening_cells(path, meta["title"], meta["summary"], imports, parameters_source(meta))
     for old, fresh in zip([c for c in cells[:body_start] if OPENING in c.get("metadata", {}).get("tags", [])],
                           [c for c in new_cells if OPENING in c["metadata"].get("tags", [])]):
         if fresh["cell_type"] == "code" and "".join(old.get("source", "")) == fresh["source"]:
@@ -138,8 +146,8 @@ def check(path: Path) -> list[str]:
         line.startswith(("import ", "from ", "#")) or not line.strip() for line in src[2].splitlines()
     ):
         problems.append(f"{path.name}: cell 2 must hold only the chapter's imports")
-    if "parameters" not in cells[3].get("metadata", {}).get("tags", []) or src[3] != PARAMETERS_SOURCE:
-        problems.append(f"{path.name}: cell 3 is not the standard parameters cell")
+    if "parameters" not in cells[3].get("metadata", {}).get("tags", []) or src[3] != parameters_source(meta):
+        problems.append(f"{path.name}: cell 3 is not the standard parameters cell (plus metadata glcl.parameters)")
     if src[4] != SETUP_SOURCE:
         problems.append(f"{path.name}: cell 4 is not the standard set-up cell")
     for i, s in enumerate(src):

@@ -33,6 +33,21 @@ def test_chapter_structure(path):
     assert chapters.check(path) == []
 
 
+def test_chapter_parameters_may_add_lines_but_keep_the_shared_ones(tmp_path):
+    path = tmp_path / "07_x.ipynb"
+    chapters.new(path, title="Chapter 7: X", summary="One line.")
+    nb = json.loads(path.read_text())
+    nb["cells"].insert(5, {"cell_type": "markdown", "metadata": {}, "source": "## Exercise"})
+    path.write_text(json.dumps(nb))
+    assert chapters.check(path) == []
+    nb["metadata"]["glcl"]["parameters"] = "retrain = False  # True: pre-train here"
+    path.write_text(json.dumps(nb))
+    assert any("cell 3 is not the standard parameters cell" in p for p in chapters.check(path))
+    chapters.refresh_opening(path)  # writes the chapter's own line under the shared ones
+    assert chapters.check(path) == []
+    assert "".join(json.loads(path.read_text())["cells"][3]["source"]).endswith("retrain = False  # True: pre-train here")
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_committed_with_outputs(path):
     """Chapters are committed executed in the cpu profile (scripts/main.sh runs them so), without errors."""
