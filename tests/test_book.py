@@ -114,3 +114,31 @@ def test_built_pages_work_offline(built_book, tmp_path):
     assert chapter.count("<img") >= 3, "figures missing"
     widgets = re.findall(r'class="[^"]*widget-(?:slider|dropdown|select|checkbox|hbox|vbox)[^"]*"', chapter)
     assert widgets, "widget areas are empty: the local ipywidgets manager did not render them"
+
+
+# The book speaks of methods, data and results, never of its own development (issues, tickets, tasks). A reference
+# to a third party's issue tracker names whose it is ("issue #11 of the official repository").
+DEVELOPMENT_TALK = [
+    r"\btickets?\b", r"\b(?:this|the|an|our|that) issues?\b", r"\bissues? (?:list|tracker)\b",
+    r"\bissue\s*#?\d+\b(?! of the official)", r"\bbacklog\b", r"\bTODO\b", r"\bFIXME\b", r"\bwork in progress\b",
+    r"\b(?:was|were|is|are) asked for\b",
+]
+
+
+def _book_texts():
+    for path in [ROOT / "book" / "intro.md", *CHAPTERS]:
+        if path.suffix == ".md":
+            yield path.name, 0, path.read_text()
+            continue
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            yield path.name, i, "".join(cell.get("source", ""))
+
+
+def test_no_chapter_speaks_of_its_own_development():
+    found = [f"{name} cell {i}: {m.group(0)!r} in ...{text[max(0, m.start() - 60):m.end() + 40]!r}..."
+             for name, i, text in _book_texts() for pattern in DEVELOPMENT_TALK
+             for m in re.finditer(pattern, text, flags=re.I)]
+    assert not found, "\n".join(found)
+    # the patterns catch what they are for
+    assert re.search(DEVELOPMENT_TALK[1], "a third of the +0.05 the issue asked for", flags=re.I)
+    assert not re.search(DEVELOPMENT_TALK[3], "in issue #11 of the official repository a user", flags=re.I)
