@@ -60,7 +60,8 @@ def _cell(kind: str, source: str, tags: list[str]) -> dict:
 
 def _title_source(path: Path, title: str, summary: str) -> str:
     link = f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/book/{path.name}"
-    badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})"
+    # the badge image ships with the book (book/images), so the offline book shows it too
+    badge = f"[![Open In Colab](images/colab-badge.svg)]({link})"
     return f"# {title}\n\n{badge}\n\n{summary}"
 
 

@@ -107,6 +107,8 @@ def test_built_pages_work_offline(built_book, tmp_path):
     for page in html.rglob("*.html"):
         text = page.read_text(errors="replace")
         assert "cdn.jsdelivr" not in text and "cdnjs.cloudflare" not in text, f"{page.name} loads from a CDN"
+        remote = re.findall(r'<img[^>]+src="(https?://[^"]+)"', text)
+        assert not remote, f"{page.name} shows images from the network: {remote[:3]}"
     intro = _dom(chromium, html / "book" / "intro.html", tmp_path / "a")
     assert "mjx-container" in intro, "math was not typeset by the local MathJax"
     assert "\\[" not in re.sub(r"<script.*?</script>", "", intro, flags=re.S)
