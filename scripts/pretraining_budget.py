@@ -13,7 +13,8 @@ For each initialisation (G^R, G^D, PCL, G^D + L^R; random init as the reference)
     (``FinetuneConfig.freeze``); Dice at every evaluation;
   - ``finetune``: the usual fine-tuning, Dice at every evaluation (every 50 steps in the cpu profile).
 
-One row per (initialisation, budget, measure, seed, evaluated step) is appended to the CSV; finished
+Wall times are per stage; a stage interrupted and resumed is timed over its last session and scaled to all its
+steps (an estimate). One row per (initialisation, budget, measure, seed, evaluated step) is appended to the CSV; finished
 (initialisation, budget, measure, seed) cells are skipped when the command runs again, and unfinished runs resume
 from their checkpoints, so an interrupted sweep continues where it stopped:
 
@@ -60,6 +61,18 @@ def append(path: Path, rows: list[dict]) -> None:
         os.fsync(fh.fileno())
 
 
+def resumed_step(run_dir: Path) -> int:
+    """The step an interrupted run in ``run_dir`` resumes from (0: none)."""
+    last = run_dir / "last.pt"
+    return int(torch.load(last, map_location="cpu", weights_only=False).get("step", 0)) if last.exists() else 0
+
+
+def scaled_seconds(seconds: float, steps: int, steps_timed: int) -> float:
+    """Wall time of ``steps`` steps from a run that timed only its last ``steps_timed`` (it was interrupted and
+    resumed): scaled in proportion, an estimate."""
+    return seconds * steps / max(1, steps_timed)
+
+
 def global_snapshots(cfg: RunConfig, strategy: str, budgets: list[int], split, runs: Path) -> dict[int, tuple[Path, float]]:
     """{budget: (checkpoint, cumulative seconds)} of one global stage continued from budget to budget."""
     if cfg.global_.schedule != "constant":
@@ -75,9 +88,11 @@ def global_snapshots(cfg: RunConfig, strategy: str, budgets: list[int], split, r
         if not snap.exists():
             c = RunConfig.from_dict(cfg.to_dict())
             c.global_.strategy, c.global_.iterations = strategy, budget
+            first = max(out) if out else 0  # this segment's steps: first..budget
+            resumed_at = max(first, resumed_step(run_dir))
             t0 = time.perf_counter()
             pretrain_global(c, split.pool, out=run_dir, resume=True, progress="lines", val=split.val)
-            seconds_here = time.perf_counter() - t0
+            seconds_here = scaled_seconds(time.perf_counter() - t0, budget - first, budget - resumed_at)
             tmp = snap.with_suffix(".tmp")
             shutil.copyfile(run_dir / "final.pt", tmp)
             os.replace(tmp, snap)
@@ -97,9 +112,10 @@ def local_snapshot(cfg: RunConfig, init: str, budget: int, global_ckpt: Path, sp
     if not (run_dir / "final.pt").exists() or not timing.exists():
         c = RunConfig.from_dict(cfg.to_dict())
         c.global_.strategy, c.local.strategy, c.local.iterations = global_strategy, local_strategy, steps
+        resumed_at = resumed_step(run_dir)
         t0 = time.perf_counter()
         pretrain_local(c, split.pool, init=global_ckpt, out=run_dir, resume=True, progress="lines", val=split.val)
-        timing.write_text(f"{time.perf_counter() - t0:.1f}\n")
+        timing.write_text(f"{scaled_seconds(time.perf_counter() - t0, steps, steps - resumed_at):.1f}\n")
     return run_dir / "final.pt", steps, float(timing.read_text())
 
 
