@@ -24,7 +24,9 @@ TOC = (ROOT / "_toc.yml").read_text()
 def test_every_chapter_listed_in_toc_and_present():
     listed = re.findall(r"file:\s*(book/\S+)", TOC)
     assert len(CHAPTERS) == 6, [p.name for p in CHAPTERS]
-    assert sorted(listed) == sorted(f"book/{p.stem}" for p in CHAPTERS)
+    pages = ["book/notation"]  # reference pages (markdown) after the chapters
+    assert sorted(listed) == sorted([f"book/{p.stem}" for p in CHAPTERS] + pages)
+    assert all((ROOT / f"{page}.md").exists() for page in pages)
     assert (ROOT / "book" / "intro.md").exists()
 
 
@@ -128,7 +130,7 @@ DEVELOPMENT_TALK = [
 
 
 def _book_texts():
-    for path in [ROOT / "book" / "intro.md", *CHAPTERS]:
+    for path in [ROOT / "book" / "intro.md", ROOT / "book" / "notation.md", *CHAPTERS]:
         if path.suffix == ".md":
             yield path.name, 0, path.read_text()
             continue
