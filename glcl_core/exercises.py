@@ -33,6 +33,9 @@ class CheckResult:
     def __bool__(self) -> bool:
         return self.passed
 
+    def _ipython_display_(self) -> None:
+        """The check already printed its line; a notebook cell ending in the check shows it once."""
+
 
 def _report(result: CheckResult, quiet: bool) -> CheckResult:
     if not quiet:

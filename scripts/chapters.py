@@ -152,7 +152,7 @@ def check(path: Path) -> list[str]:
     if src[4] != SETUP_SOURCE:
         problems.append(f"{path.name}: cell 4 is not the standard set-up cell")
     for i, s in enumerate(src):
-        if cells[i]["cell_type"] == "code" and ("def " in s or "class " in s) and "solution" not in s.lower():
+        if cells[i]["cell_type"] == "code" and ("def " in s or "class " in s) and not re.search(r"^# (solution|exercise)", s.lower(), re.M):
             problems.append(f"{path.name}: cell {i} defines a function or class; library code belongs in glcl_core")
     if not any("exercise" in s.lower() for s in src):
         problems.append(f"{path.name}: no exercise")

@@ -125,7 +125,7 @@ def test_built_pages_work_offline(built_book, tmp_path):
 DEVELOPMENT_TALK = [
     r"\btickets?\b", r"\b(?:this|the|an|our|that) issues?\b", r"\bissues? (?:list|tracker)\b",
     r"\bissue\s*#?\d+\b(?! of the official)", r"\bbacklog\b", r"\bTODO\b", r"\bFIXME\b", r"\bwork in progress\b",
-    r"\b(?:was|were|is|are) asked for\b",
+    r"\b(?:was|were|is|are) asked for\b", r"\bwhile writing\b",
 ]
 
 
