@@ -111,8 +111,8 @@ def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "c
         shutil.copyfile(grid / "experiment.json", results_dir / f"{stem}.json")
         efficiency = results.label_efficiency(table)
         _replace_preset_rows(results_dir / f"label_efficiency_{profile}.csv", embedded, efficiency)
-        fig = seg.plot_dice(results.summary_table(table[table["strategy"].isin(MAIN)]),
-                            title=f"Label efficiency, {embedded} preset (fine-tuned, test volumes)")
+        fig = seg.plot_label_efficiency(efficiency[efficiency["strategy"].isin(MAIN)],
+                                        title=f"Label efficiency, {embedded} preset (fine-tuned, test volumes)")
         fig.savefig(figures / f"label_efficiency_{profile}_{embedded}.png", dpi=120)
         curves = results.curve_summary(results.validation_curves(grid))
         curves = curves[curves["n_labelled"] == 1]

@@ -71,3 +71,21 @@ def test_grids_use_the_exported_weights_and_summarise(exported, tmp_path):
                                        efficiency.drop(columns="embedded"))
     both = pd.read_csv(results_dir / "label_efficiency_ci.csv")
     assert both.groupby("embedded").size().to_dict() == {"standard": len(efficiency), "varied": len(efficiency)}
+
+
+def test_label_efficiency_figure_shows_every_initialisation():
+    from glcl_core import results
+    from glcl_core.viz import segmentation as seg
+
+    rows = [{"method": "m", "strategy": s, "n_labelled": n, "seed": seed, "volume": "v", "class": "c",
+             "dice": 0.5 + 0.1 * (s == "GD") + 0.02 * seed + 0.01 * n}
+            for s in ("random", "GD") for n in (1, 2, 4) for seed in (0, 1, 2)]
+    efficiency = results.label_efficiency(pd.DataFrame(rows))
+    gd = efficiency[efficiency["strategy"] == "GD"]
+    assert gd["mean_diff"].round(6).tolist() == [0.1, 0.1, 0.1] and (gd["n_pairs"] == 3).all()
+    fig = seg.plot_label_efficiency(efficiency, title="t")
+    left, right = fig.axes[:2]
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["random", "GD"]
+    assert "3 seeds" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="empty"):
+        seg.plot_label_efficiency(efficiency.iloc[:0])

@@ -132,6 +132,64 @@ def plot_paired(paired: pd.DataFrame, differences: pd.DataFrame | None = None, b
     return fig
 
 
+def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", level: float = 0.95,
+                          title: str | None = None, fig: Figure | None = None) -> Figure:
+    """The label-efficiency figure: two panels sharing the x axis (labelled volumes, log2 scale).
+
+    Args:
+        efficiency: :func:`glcl_core.results.label_efficiency` (strategy, n_labelled, mean, sd, n_seeds,
+            mean_diff, ci_low, ci_high, ...).
+    Returns:
+        The Figure. Left: mean test Dice against labelled volumes, one line per initialisation, band = sd over
+        seeds. Right: each initialisation's mean paired difference to ``baseline`` with its t-interval (bars), and
+        a line at 0; an interval above 0 means the seeds agree that pre-training helped at that count.
+    """
+    if efficiency.empty:
+        raise ValueError("empty table: nothing to plot")
+    if fig is None:
+        fig = Figure(figsize=(10.5, 3.8), layout="constrained")
+    else:
+        fig.clear()
+    left, right = fig.subplots(1, 2, sharex=True)
+    counts = sorted(int(n) for n in efficiency["n_labelled"].unique())
+    strategies = strategy_order(efficiency["strategy"])
+    others = [s for s in strategies if s != baseline]
+    for j, strategy in enumerate(strategies):
+        rows = efficiency[efficiency["strategy"] == strategy].sort_values("n_labelled")
+        x = rows["n_labelled"].to_numpy(float)
+        colour = strategy_colour(strategy)
+        left.plot(x, rows["mean"], marker="o", ms=4, lw=1.6, color=colour, label=strategy)
+        sd = rows["sd"].fillna(0.0)
+        left.fill_between(x, rows["mean"] - sd, rows["mean"] + sd, color=colour, alpha=0.12, lw=0)
+        if strategy == baseline:
+            continue
+        shift = 2.0 ** ((others.index(strategy) - (len(others) - 1) / 2) * 0.05)
+        finite = rows["ci_low"].notna()
+        right.errorbar(x[finite] * shift, rows["mean_diff"][finite],
+                       yerr=[(rows["mean_diff"] - rows["ci_low"])[finite], (rows["ci_high"] - rows["mean_diff"])[finite]],
+                       fmt="o", ms=5, capsize=3, color=colour, label=strategy)
+        right.plot(x[~finite] * shift, rows["mean_diff"][~finite], "o", ms=5, mfc="none", color=colour)
+    right.axhline(0.0, color="black", lw=1)
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(counts)
+        ax.set_xticklabels([str(c) for c in counts])
+        ax.set_xlabel("labelled volumes")
+        ax.grid(alpha=0.3)
+    left.set_ylabel("mean foreground Dice (test)")
+    right.set_ylabel(f"difference to {baseline} (paired)")
+    left.set_title("Dice; band = sd over seeds", fontsize=9)
+    right.set_title(f"paired difference; bars = {level:.0%} t-interval", fontsize=9)
+    handles, labels = left.get_legend_handles_labels()  # every initialisation, the baseline included
+    right.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
+                 title="init")
+    lo, hi = int(efficiency["n_seeds"].min()), int(efficiency["n_seeds"].max())
+    seeds = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    note = f"{seeds} seed{'s' if hi > 1 else ''} (labelled draws) per point"
+    fig.suptitle(f"{title}\n{note}" if title else note, fontsize=10)
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------------- overlays
 def slice_dice(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:
     """Mean 2D Dice over the foreground classes present in the prediction or the reference of one slice
