@@ -164,6 +164,12 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix}: shipped {a!r}, asked {b!r}"]
 
 
+def pretraining_differences(a: RunConfig, b: RunConfig, init: str) -> list[str]:
+    """The settings that make ``a`` and ``b`` pre-train ``init`` differently ("global_.lr: shipped 0.001, asked
+    0.01"; empty when they pre-train it the same way)."""
+    return _differences(_pretraining_parts(a.to_dict(), init), _pretraining_parts(b.to_dict(), init))
+
+
 def shipped_weights(cfg: RunConfig, inits, folder: str | Path | None = None) -> dict[str, Path]:
     """``{init: verified checkpoint}`` for each pre-trained initialisation in ``inits`` ("random" needs none),
     from the shipped checkpoint whose pre-training configuration equals ``cfg``'s (same data, model, global stage
@@ -184,7 +190,7 @@ def shipped_weights(cfg: RunConfig, inits, folder: str | Path | None = None) -> 
                 raise CheckpointError(f"{where}: no shipped checkpoint for {init!r} (shipped: "
                                       f"{', '.join(sorted(manifest)) or 'none'}); pre-train it instead")
             name, entry = candidates[0]
-            diff = _differences(_pretraining_parts(entry["config"], init), wanted)
+            diff = pretraining_differences(RunConfig.from_dict(entry["config"]), cfg, init)
             raise CheckpointError(f"{where}: the shipped {init!r} checkpoint(s) were pre-trained with other settings "
                                   f"({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); pre-train it instead")
         found[init] = load_pretrained(match, folder).path

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from glcl_core import checkpoints
 from glcl_core.experiment import INITIALISATIONS, prepare_split, pretrain
-from glcl_core.train.checkpoint import load_checkpoint
+from glcl_core.train.checkpoint import resumed_step
 from glcl_core.train.config import RunConfig, make_config
 
 SHIPPED = ("GR", "GD-", "GD", "PCL", "GD+LR", "GD+LD", "PCL+LR")
@@ -44,11 +44,6 @@ def default_folder(profile: str, embedded: str) -> Path:
 def stage_dir(runs: Path, init: str) -> Path:
     """Where experiment.pretrain keeps an initialisation's run: pretrain/GD for a global, pretrain/GD+LR for a local."""
     return runs / "pretrain" / init
-
-
-def _same_pretraining(a: RunConfig, b: RunConfig, init: str) -> list[str]:
-    pa, pb = (checkpoints._pretraining_parts(c.to_dict(), init) for c in (a, b))
-    return checkpoints._differences(pa, pb)
 
 
 def reuse_budget_runs(cfg: RunConfig, runs: Path, budget_runs: Path, inits) -> None:
@@ -72,7 +67,7 @@ def reuse_budget_runs(cfg: RunConfig, runs: Path, budget_runs: Path, inits) -> N
         # The budget script's configs record the global length of their own segment (global folder) or the
         # profile's (local folder); the weights are those of the g{steps} snapshot in both cases.
         source_cfg.global_.iterations = steps
-        diff = _same_pretraining(source_cfg, cfg, init)
+        diff = checkpoints.pretraining_differences(source_cfg, cfg, init)
         if diff:
             print(f"{init}: not reused from {weights} ({'; '.join(diff[:3])})")
             continue
@@ -94,7 +89,7 @@ def run_all(cfg: RunConfig, runs: Path, inits, reuse: Path | None = None) -> Non
             target = stage_dir(runs, part)
             if (target / "final.pt").exists():
                 continue
-            resumed_at = _step_of(target / "last.pt")
+            resumed_at = resumed_step(target)
             t0 = time.perf_counter()
             pretrain(part, cfg, split.pool, out=runs, progress="lines", val=split.val)
             seconds = time.perf_counter() - t0
@@ -104,12 +99,6 @@ def run_all(cfg: RunConfig, runs: Path, inits, reuse: Path | None = None) -> Non
                 seconds *= total / max(1, total - resumed_at)
             (target / "wall.json").write_text(json.dumps({"seconds": round(seconds, 1), "estimated": estimated}) + "\n")
             print(f"{part}: {seconds:.0f} s{' (estimated)' if estimated else ''}")
-
-
-def _step_of(path: Path) -> int:
-    if not path.exists():
-        return 0
-    return int(load_checkpoint(path).get("step", 0))
 
 
 def wall_seconds(runs: Path, init: str) -> tuple[float, bool]:
@@ -136,7 +125,7 @@ def export_all(cfg: RunConfig, runs: Path, inits, dtype: str, folder: Path | Non
             continue
         except checkpoints.CheckpointError:
             pass
-        diff = _same_pretraining(RunConfig.from_json(final.parent / "config.json"), cfg, init)
+        diff = checkpoints.pretraining_differences(RunConfig.from_json(final.parent / "config.json"), cfg, init)
         if diff:
             sys.exit(f"{final}: pre-trained with other settings than the shipped configuration ({'; '.join(diff[:3])})")
         seconds, estimated = wall_seconds(runs, init)

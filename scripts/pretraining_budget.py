@@ -35,6 +35,7 @@ import torch
 
 from glcl_core.data.split import draw_labelled
 from glcl_core.experiment import INITIALISATIONS, prepare_split
+from glcl_core.train.checkpoint import resumed_step
 from glcl_core.train.config import RunConfig, make_config
 from glcl_core.train.loops import finetune, pretrain_global, pretrain_local
 
@@ -59,12 +60,6 @@ def append(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def resumed_step(run_dir: Path) -> int:
-    """The step an interrupted run in ``run_dir`` resumes from (0: none)."""
-    last = run_dir / "last.pt"
-    return int(torch.load(last, map_location="cpu", weights_only=False).get("step", 0)) if last.exists() else 0
 
 
 def scaled_seconds(seconds: float, steps: int, steps_timed: int) -> float:

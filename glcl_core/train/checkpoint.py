@@ -90,6 +90,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path}: not a readable checkpoint ({err})") from err
 
 
+def resumed_step(run_dir: str | Path) -> int:
+    """The step an interrupted run in ``run_dir`` resumes from (its ``last.pt``; 0 when there is none)."""
+    last = Path(run_dir) / "last.pt"
+    return int(load_checkpoint(last).get("step", 0)) if last.exists() else 0
+
+
 def write_history(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """``history.csv``: one row per logged step; columns are the union of the rows' keys."""
     path = Path(path)
