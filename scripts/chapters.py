@@ -5,10 +5,15 @@
     python scripts/chapters.py check              # structure checks (also run by the tests)
     python scripts/chapters.py run --profile cpu --inplace    # execute with papermill, outputs into the chapters
     python scripts/chapters.py run --profile ci --out DIR     # execute copies (the tests)
+    python scripts/chapters.py run --profile cpu --out DIR --record   # ... and record the cost in
+                                                  # results/chapter_times.csv (the openings quote it)
 
-Every chapter opens the same way: (0) title, Colab badge and summary; (1) a guarded install cell; (2) the
-chapter's imports; (3) the ``parameters`` cell; (4) the set-up cell. Cells 0, 1, 3 and 4 are written from the
-template below (title and summary live in the notebook's metadata under ``glcl``); cell 2 is the author's.
+Every chapter opens the same way: (0) title, Colab badge, summary and a course box (learning objectives,
+prerequisites, time); (1) a guarded install cell; (2) the chapter's imports; (3) the ``parameters`` cell; (4) the
+set-up cell. Cells 0, 1, 3 and 4 are written from the template below (title, summary, objectives, prerequisites
+and reading time live in the notebook's metadata under ``glcl``; running times come from the measured rows of
+results/chapter_times.csv); cell 2 is the author's. Every chapter also closes its main text with a
+``Takeaways`` box.
 """
 from __future__ import annotations
 
@@ -22,6 +27,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
+TIMES = ROOT / "results" / "chapter_times.csv"
+TIME_FIELDS = ["date", "chapter", "profile", "threads", "wall_s", "cpu_s", "machine"]
+COURSE_KEYS = ("objectives", "prerequisites", "reading_minutes")
+TAKEAWAYS = "```{admonition} Takeaways"
 sys.path.insert(0, str(ROOT))
 
 from glcl_core import REPOSITORY  # noqa: E402
@@ -58,17 +67,55 @@ def _cell(kind: str, source: str, tags: list[str]) -> dict:
     return cell
 
 
-def _title_source(path: Path, title: str, summary: str) -> str:
+def measured_times(path: Path | None = None) -> dict[tuple[str, str], dict]:
+    """``{(chapter file, profile): row}``: the newest measured row of results/chapter_times.csv per pair."""
+    import csv
+
+    if not (path or TIMES).exists():
+        return {}
+    with open(path or TIMES, newline="") as f:
+        return {(row["chapter"], row["profile"]): row for row in csv.DictReader(f)}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else "about 1 min" if seconds >= 30 else "under 1 min"
+
+
+def time_line(path: Path, reading_minutes: int, times: dict | None = None) -> str:
+    """Reading time, and each profile's running time as measured (one CPU core: the kernel's CPU time with one
+    thread, so that other jobs on the machine do not inflate it)."""
+    times = measured_times() if times is None else times
+    parts = []
+    for profile in ("ci", "cpu"):
+        row = times.get((path.name, profile))
+        if row:
+            parts.append(f"`{profile}` {_minutes(float(row['cpu_s']))}")
+    running = ", ".join(parts) + " of one CPU core (measured)" if parts else "not measured yet"
+    return (f"**Time:** reading about {reading_minutes} min; running {running}; `gpu` (paper scale) not timed, "
+            f"expect hours.")
+
+
+def course_box(path: Path, meta: dict, times: dict | None = None) -> str:
+    if not all(meta.get(k) for k in COURSE_KEYS):
+        return ""
+    objectives = "\n".join(f"* {o}" for o in meta["objectives"])
+    return ("\n\n```{admonition} In this chapter\n:class: tip\n"
+            f"**You will be able to:**\n\n{objectives}\n\n"
+            f"**Prerequisites:** {meta['prerequisites']}\n\n"
+            f"{time_line(path, meta['reading_minutes'], times)}\n```")
+
+
+def _title_source(path: Path, title: str, summary: str, meta: dict | None = None) -> str:
     link = f"https://colab.research.google.com/github/{REPOSITORY}/blob/main/book/{path.name}"
     # the badge image ships with the book (book/images), so the offline book shows it too
     badge = f"[![Open In Colab](images/colab-badge.svg)]({link})"
-    return f"# {title}\n\n{badge}\n\n{summary}"
+    return f"# {title}\n\n{badge}\n\n{summary}" + course_box(path, meta or {})
 
 
 def opening_cells(path: Path, title: str, summary: str, imports: dict | None = None,
-                  parameters: str = PARAMETERS_SOURCE) -> list[dict]:
+                  parameters: str = PARAMETERS_SOURCE, meta: dict | None = None) -> list[dict]:
     return [
-        _cell("markdown", _title_source(path, title, summary), [OPENING]),
+        _cell("markdown", _title_source(path, title, summary, meta), [OPENING]),
         _cell("code", INSTALL_SOURCE, [OPENING, "install", "hide-input"]),
         imports or _cell("code", "import matplotlib.pyplot as plt\n", []),
         _cell("code", parameters, [OPENING, "parameters"]),
@@ -107,7 +154,7 @@ def refresh_opening(path: Path) -> None:
             body_start = i + 1
         elif imports is None and c["cell_type"] == "code":
             imports, body_start = c, i + 1
-    new_cells = opening_cells(path, meta["title"], meta["summary"], imports, parameters_source(meta))
+    new_cells = opening_cells(path, meta["title"], meta["summary"], imports, parameters_source(meta), meta)
     for old, fresh in zip([c for c in cells[:body_start] if OPENING in c.get("metadata", {}).get("tags", [])],
                           [c for c in new_cells if OPENING in c["metadata"].get("tags", [])]):
         if fresh["cell_type"] == "code" and "".join(old.get("source", "")) == fresh["source"]:
@@ -139,8 +186,11 @@ def check(path: Path) -> list[str]:
     src = ["".join(c.get("source", "")) for c in cells]
     if len(cells) < 6:
         return [f"{path.name}: fewer than 6 cells"]
-    if src[0] != _title_source(path, meta["title"], meta["summary"]):
-        problems.append(f"{path.name}: cell 0 is not the standard title + Colab badge (run 'opening')")
+    missing = [k for k in COURSE_KEYS if not meta.get(k)]
+    if missing:
+        problems.append(f"{path.name}: metadata glcl lacks {', '.join(missing)} (the opening's course box)")
+    if src[0] != _title_source(path, meta["title"], meta["summary"], meta):
+        problems.append(f"{path.name}: cell 0 is not the standard title + Colab badge + course box (run 'opening')")
     if src[1] != INSTALL_SOURCE:
         problems.append(f"{path.name}: cell 1 is not the standard install cell")
     if cells[2]["cell_type"] != "code" or not all(
@@ -156,14 +206,43 @@ def check(path: Path) -> list[str]:
             problems.append(f"{path.name}: cell {i} defines a function or class; library code belongs in glcl_core")
     if not any("exercise" in s.lower() for s in src):
         problems.append(f"{path.name}: no exercise")
+    if not any(c["cell_type"] == "markdown" and TAKEAWAYS in s for c, s in zip(cells, src)):
+        problems.append(f"{path.name}: no '{TAKEAWAYS}' box closing the main text")
     for i, s in enumerate(src):
         if cells[i]["cell_type"] == "markdown" and re.search(r"\bPLACEHOLDER\b|\bTODO\b|\bFIXME\b|\bTBD\b", s):
             problems.append(f"{path.name}: cell {i} holds unfinished text ({s.strip()[:40]!r})")
     return problems
 
 
-def run(paths: list[Path], profile: str, out: Path | None, inplace: bool, timeout: int) -> dict[str, float]:
-    """Execute chapters with papermill; returns seconds per chapter. Raises on the first failing chapter."""
+def record_time(chapter: str, profile: str, wall_s: float, cpu_s: float, path: Path | None = None) -> None:
+    """Append one measured row to results/chapter_times.csv."""
+    import csv
+    import datetime
+    import platform
+
+    path = path or TIMES
+    new_file = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TIME_FIELDS)
+        if new_file:
+            writer.writeheader()
+        writer.writerow({"date": datetime.date.today().isoformat(), "chapter": chapter, "profile": profile,
+                         "threads": os.environ.get("OMP_NUM_THREADS", ""), "wall_s": f"{wall_s:.0f}",
+                         "cpu_s": f"{cpu_s:.0f}", "machine": f"{platform.machine()} {os.cpu_count()} cores"})
+
+
+def _children_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel, once papermill has shut it down
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(paths: list[Path], profile: str, out: Path | None, inplace: bool, timeout: int,
+        record: bool = False) -> dict[str, float]:
+    """Execute chapters with papermill; returns seconds per chapter. Raises on the first failing chapter.
+    ``record``: append each chapter's wall and CPU time to results/chapter_times.csv (only meaningful with
+    ``OMP_NUM_THREADS=1``, which the command sets when it records, so the CPU time is one core's time)."""
     import papermill as pm
 
     os.environ.setdefault("GLCL_PROGRESS", "0")  # no tqdm widgets in saved chapters (their state is not saved)
@@ -171,12 +250,15 @@ def run(paths: list[Path], profile: str, out: Path | None, inplace: bool, timeou
     for path in paths:
         target = path if inplace else (out / path.name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu_seconds()
         pm.execute_notebook(str(path), str(target), parameters={"profile": profile}, cwd=str(path.parent),
                             kernel_name="python3", progress_bar=False, execution_timeout=timeout,
                             request_save_on_cell_execute=False)
         times[path.name] = time.perf_counter() - t0
-        print(f"[chapters] {path.name}: {times[path.name]:.1f} s ({profile})", flush=True)
+        cpu = _children_cpu_seconds() - cpu0
+        print(f"[chapters] {path.name}: {times[path.name]:.1f} s wall, {cpu:.1f} s CPU ({profile})", flush=True)
+        if record:
+            record_time(path.name, profile, times[path.name], cpu)
         if inplace:
             _strip_papermill_metadata(target)
     return times
@@ -213,7 +295,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--inplace", action="store_true")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    p.add_argument("--record", action="store_true",
+                   help="append wall and CPU time per chapter to results/chapter_times.csv (one thread)")
     args = parser.parse_args()
+    if getattr(args, "record", False):
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the kernels: CPU time = one core's time
     if args.cmd == "new":
         new(args.path, args.title, args.summary)
     elif args.cmd == "opening":
@@ -226,7 +312,7 @@ def main() -> None:
     else:
         if not args.inplace and args.out is None:
             parser.error("run needs --inplace or --out DIR")
-        times = run(args.paths or chapters(), args.profile, args.out, args.inplace, args.timeout)
+        times = run(args.paths or chapters(), args.profile, args.out, args.inplace, args.timeout, args.record)
         print(f"[chapters] total {sum(times.values()):.1f} s for {len(times)} chapters ({args.profile})")
 
 

@@ -41,7 +41,16 @@ def test_chapter_parameters_may_add_lines_but_keep_the_shared_ones(tmp_path):
     nb = json.loads(path.read_text())
     nb["cells"].insert(5, {"cell_type": "markdown", "metadata": {}, "source": "## Exercise"})
     path.write_text(json.dumps(nb))
+    problems = chapters.check(path)
+    assert any("lacks objectives, prerequisites, reading_minutes" in p for p in problems), problems
+    assert any("Takeaways" in p for p in problems), problems
+    nb["metadata"]["glcl"].update(objectives=["do x;"], prerequisites="Chapter 1.", reading_minutes=10)
+    nb["cells"].insert(5, {"cell_type": "markdown", "metadata": {}, "source": "```{admonition} Takeaways\n* x\n```"})
+    path.write_text(json.dumps(nb))
+    assert any("course box" in p for p in chapters.check(path))  # cell 0 must be rewritten from the metadata
+    chapters.refresh_opening(path)
     assert chapters.check(path) == []
+    nb = json.loads(path.read_text())
     nb["metadata"]["glcl"]["parameters"] = "retrain = False  # True: pre-train here"
     path.write_text(json.dumps(nb))
     assert any("cell 3 is not the standard parameters cell" in p for p in chapters.check(path))
@@ -136,6 +145,23 @@ def _book_texts():
             continue
         for i, cell in enumerate(json.loads(path.read_text())["cells"]):
             yield path.name, i, "".join(cell.get("source", ""))
+
+
+def test_course_box_quotes_the_measured_times(tmp_path):
+    """The opening's time line is written from results/chapter_times.csv (CPU time of one core), not typed."""
+    times = tmp_path / "times.csv"
+    chapters.record_time("07_x.ipynb", "ci", wall_s=50, cpu_s=40, path=times)
+    chapters.record_time("07_x.ipynb", "cpu", wall_s=900, cpu_s=1200, path=times)
+    chapters.record_time("07_x.ipynb", "cpu", wall_s=700, cpu_s=660, path=times)  # the newest row counts
+    line = chapters.time_line(Path("07_x.ipynb"), 25, chapters.measured_times(times))
+    assert line.startswith("**Time:** reading about 25 min; running `ci` about 1 min, `cpu` 11 min of one CPU core")
+    assert "not measured" in chapters.time_line(Path("08_y.ipynb"), 25, chapters.measured_times(times))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_chapter_has_its_times_measured(path):
+    times = chapters.measured_times()
+    assert {(path.name, "ci"), (path.name, "cpu")} <= set(times), "run: scripts/chapters.py run --record"
 
 
 def test_no_chapter_speaks_of_its_own_development():

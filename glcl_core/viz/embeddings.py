@@ -268,8 +268,8 @@ def _colour_values(meta: pd.DataFrame, by: str):
 
 def plot_umap(layouts: Mapping[str, np.ndarray] | np.ndarray, metadata: pd.DataFrame,
               colour_by: Sequence[str] | str = ("partition", "volume"), scores: pd.DataFrame | None = None,
-              point_size: float = 9.0, fig: Figure | None = None) -> Figure:
-    """A grid of 2-D layouts: one column per encoder, one row per colouring.
+              point_size: float = 9.0, max_cols: int = 3, fig: Figure | None = None) -> Figure:
+    """2-D layouts of several encoders, one block of panels per colouring (legend or colour bar beside it).
 
     Args:
         layouts: ``name -> (N, 2)`` (e.g. :func:`~glcl_core.analysis.umap_2d` of each encoder's embeddings of the
@@ -278,7 +278,9 @@ def plot_umap(layouts: Mapping[str, np.ndarray] | np.ndarray, metadata: pd.DataF
         colour_by: ``"partition"`` (ordinal palette), ``"volume"`` (categorical) and/or ``"position"``
             (continuous, with a colour bar).
         scores: optional table indexed by encoder name; its ``partition_accuracy`` / ``position_error`` are
-            added to the column titles.
+            added to the panel titles.
+        max_cols: panels per row; more encoders wrap onto further rows, so that titles and legends stay legible
+            at a book page's width.
     """
     if isinstance(layouts, np.ndarray):
         layouts = {"": layouts}
@@ -286,59 +288,68 @@ def plot_umap(layouts: Mapping[str, np.ndarray] | np.ndarray, metadata: pd.DataF
     for name, xy in layouts.items():
         if len(xy) != len(metadata):
             raise ValueError(f"layout {name!r} has {len(xy)} points but metadata has {len(metadata)} rows")
-    n_cols, n_rows = len(layouts), len(colour_by)
+    n_cols = min(len(layouts), max(1, int(max_cols)))
+    rows_per_block = -(-len(layouts) // n_cols)
+    block_height = 2.75 * rows_per_block + 0.45
     if fig is None:
-        fig = Figure(figsize=(2.9 * n_cols + 1.4, 2.8 * n_rows + 0.3), layout="constrained")
+        fig = Figure(figsize=(2.75 * n_cols + 1.7, block_height * len(colour_by)), layout="constrained")
     else:
         fig.clear()
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    for r, by in enumerate(colour_by):
+    blocks = np.atleast_1d(fig.subfigures(len(colour_by), 1))
+    for block, by in zip(blocks, colour_by):
         colours, handles, cmap = _colour_values(metadata, by)
-        for c, (name, xy) in enumerate(layouts.items()):
-            ax = axes[r, c]
+        axes = block.subplots(rows_per_block, n_cols, squeeze=False).ravel()
+        for ax in axes[len(layouts):]:
+            ax.set_axis_off()
+        for ax, (name, xy) in zip(axes, layouts.items()):
             ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=point_size, linewidths=0)
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                title = name
-                if scores is not None and name in scores.index:
-                    parts = []
-                    if "partition_accuracy" in scores:
-                        parts.append(f"kNN part. {scores.loc[name, 'partition_accuracy']:.0%}")
-                    if "position_error" in scores:
-                        parts.append(f"|dp| {scores.loc[name, 'position_error']:.3f}")
-                    title += "\n" + ", ".join(parts)
-                ax.set_title(title, fontsize=9)
-            if c == 0:
-                ax.set_ylabel(f"coloured by {by}")
+            title = name
+            if scores is not None and name in scores.index:
+                parts = []
+                if "partition_accuracy" in scores:
+                    parts.append(f"kNN partition {scores.loc[name, 'partition_accuracy']:.0%}")
+                if "position_error" in scores:
+                    parts.append(f"|dp| {scores.loc[name, 'position_error']:.3f}")
+                title += "\n" + ", ".join(parts)
+            ax.set_title(title, fontsize=10)
+        block.suptitle(f"coloured by {by}", fontsize=11, x=0.02, ha="left")
         if handles is not None:
-            axes[r, -1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                               frameon=False, handletextpad=0.1)
+            block.legend(handles=handles, fontsize=9, loc="outside right center", frameon=False,
+                         handletextpad=0.1, title=by, title_fontsize=9)
         elif cmap is not None:
             from matplotlib.cm import ScalarMappable
             from matplotlib.colors import Normalize
 
-            fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes[r, -1], label="position p", shrink=0.8)
+            bar = block.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=list(axes[:len(layouts)]),
+                                 label="position p", shrink=0.8)
+            bar.ax.tick_params(labelsize=9)
     return fig
 
 
 # ----------------------------------------------------------------------------------- similarity by position
 def plot_position_similarity(maps: Mapping[str, np.ndarray], n_partitions: int | None = None,
-                             threshold: float | None = None, fig: Figure | None = None) -> Figure:
+                             threshold: float | None = None, max_cols: int = 3, fig: Figure | None = None) -> Figure:
     """Cross-volume similarity maps (:func:`~glcl_core.analysis.similarity_by_position`), one panel per encoder,
-    each with its own colour scale (2nd to 98th percentile). White lines: partition boundaries ``s / S``. Dashed
-    lines: ``|p_a - p_b| = threshold`` (PCL's positives lie between them)."""
+    on **one** colour scale (2nd to 98th percentile of all maps) with one colour bar, so that panels compare.
+    White lines: partition boundaries ``s / S``. Dashed lines: ``|p_a - p_b| = threshold`` (PCL's positives lie
+    between them). ``max_cols`` panels per row."""
     if not maps:
         raise ValueError("no similarity maps to plot")
     n = len(maps)
+    n_cols = min(n, max(1, int(max_cols)))
+    n_rows = -(-n // n_cols)
     if fig is None:
-        fig = Figure(figsize=(2.75 * n + 0.3, 3.2), layout="constrained")
+        fig = Figure(figsize=(2.8 * n_cols + 1.0, 2.9 * n_rows + 0.2), layout="constrained")
     else:
         fig.clear()
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, (name, m) in zip(axes, maps.items()):
-        finite = m[np.isfinite(m)]
-        lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    finite = np.concatenate([m[np.isfinite(m)] for m in maps.values()])
+    lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+    for k, (ax, (name, m)) in enumerate(zip(axes, maps.items())):
         image = ax.imshow(m, origin="lower", extent=(0, 1, 0, 1), cmap="magma", vmin=lo, vmax=hi)
         if n_partitions:
             for edge in np.arange(1, int(n_partitions)) / int(n_partitions):
@@ -350,11 +361,14 @@ def plot_position_similarity(maps: Mapping[str, np.ndarray], n_partitions: int |
             ax.plot(line, line - threshold, color="cyan", ls="--", lw=0.8)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("position of slice a")
-        cbar = fig.colorbar(image, ax=ax, shrink=0.75, pad=0.02)
-        cbar.ax.tick_params(labelsize=6)
-    axes[0].set_ylabel("position of slice b\n(another volume)")
+        ax.set_title(name, fontsize=10)
+        if k // n_cols == n_rows - 1 or k + n_cols >= n:
+            ax.set_xlabel("position of slice a")
+        if k % n_cols == 0:
+            ax.set_ylabel("position of slice b\n(another volume)")
+    bar = fig.colorbar(image, ax=list(axes[:n]), shrink=0.8, pad=0.02)
+    bar.set_label("mean cosine similarity", fontsize=10)
+    bar.ax.tick_params(labelsize=9)
     return fig
 
 
