@@ -147,12 +147,16 @@ def run_experiment(
     progress: bool | None = None,
     log=print,
     pretrained: Mapping[str, str | Path] | None = None,
+    keep_weights: bool = True,
 ):
     """Run the grid; returns the whole CSV as a table. Finished cells are skipped on a re-run.
 
     ``pretrained``: ``{init: checkpoint}`` used instead of pre-training those initialisations, e.g. the shipped
     checkpoints (``glcl_core.checkpoints.shipped_weights(cfg, inits)``); the others are pre-trained under ``out``.
     With ``cfg.finetune.freeze`` the grid is the frozen-representation probe instead of fine-tuning.
+    ``keep_weights=False`` deletes each cell's fine-tuned weights once it is scored, leaving only small text files
+    (``results.csv``, ``experiment.json``, each cell's ``config.json`` and ``history.csv``): a grid folder that can be
+    committed and resumed in another checkout.
     """
     import pandas as pd
 
@@ -204,6 +208,8 @@ def run_experiment(
                      "volume": r["volume"], "class": r["class"], "dice": r["dice"]} for r in scores.to_dict("records")]
             append_rows(csv_path, rows)
             (run_dir / "last.pt").unlink(missing_ok=True)  # the cell is recorded; keep only final.pt
+            if not keep_weights:
+                (run_dir / "final.pt").unlink(missing_ok=True)
             log(f"  {init} n={n} seed={seed}: mean test Dice {scores['dice'].mean():.3f} "
                 f"(val {result.extra['best_val_dice']:.3f} at step {result.extra['best_step']}, "
                 f"{time.perf_counter() - t0:.1f} s)")

@@ -91,8 +91,7 @@ def time_line(path: Path, reading_minutes: int, times: dict | None = None) -> st
         if row:
             parts.append(f"`{profile}` {_minutes(float(row['cpu_s']))}")
     running = ", ".join(parts) + " of one CPU core (measured)" if parts else "not measured yet"
-    return (f"**Time:** reading about {reading_minutes} min; running {running}; `gpu` (paper scale) not timed, "
-            f"expect hours.")
+    return f"**Time:** reading about {reading_minutes} min; running {running}; `gpu` (paper scale) not timed yet."
 
 
 def course_box(path: Path, meta: dict, times: dict | None = None) -> str:

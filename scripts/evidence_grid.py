@@ -15,6 +15,10 @@ cells are skipped, so the command is simply repeated until everything is done:
 
     python scripts/evidence_grid.py --profile cpu --embedded multicontrast
     python scripts/evidence_grid.py --profile cpu --embedded multicontrast --summary   # CSVs and figures
+
+The grid folders (default ``results/grids/PROFILE-PRESET``) keep only text: every scored cell's row in
+``results.csv`` and its validation history, not its weights. Committing the folder therefore carries a partly
+finished grid to another checkout, where the same command goes on with the cells still missing.
 """
 from __future__ import annotations
 
@@ -41,6 +45,11 @@ PLAN = [
     ("probe", MAIN, [2, 4]),
     ("finetune", MAIN, [8, 12]),
 ]
+
+
+def default_grid_folder(profile: str, embedded: str) -> Path:
+    """Where the grids of one profile and preset live: committed text files, so an unfinished grid resumes anywhere."""
+    return Path("results") / "grids" / f"{profile}-{embedded}"
 
 
 def grid_config(profile: str, embedded: str, grid: str) -> RunConfig:
@@ -74,7 +83,7 @@ def run_plan(profile: str, embedded: str, out: Path, folder: Path, steps: list[i
         if ready:
             print(f"[{grid}] {ready} x n {n_labelled} x seeds {seeds}")
             run_experiment(cfg, out / grid, inits=ready, n_labelled=n_labelled, seeds=seeds, progress=False,
-                           pretrained=weights)
+                           pretrained=weights, keep_weights=False)
 
 
 def _replace_preset_rows(path: Path, embedded: str, table: pd.DataFrame) -> None:
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="cpu")
     p.add_argument("--embedded", default="multicontrast")
-    p.add_argument("--out", type=Path, default=None, help="default runs/evidence-PROFILE/EMBEDDED")
+    p.add_argument("--out", type=Path, default=None, help="default results/grids/PROFILE-EMBEDDED")
     p.add_argument("--folder", type=Path, default=None, help="checkpoint folder (default: see module docstring)")
     p.add_argument("--steps", nargs="+", type=int, default=None, help="only these entries of PLAN (0-based)")
     p.add_argument("--inits", nargs="+", default=None,
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=SEEDS, help="labelled draws (default 0 1 2)")
     p.add_argument("--summary", action="store_true", help="write the result tables and figures instead")
     args = p.parse_args(argv)
-    out = args.out or Path("runs") / f"evidence-{args.profile}" / args.embedded
+    out = args.out or default_grid_folder(args.profile, args.embedded)
     if args.summary:
         write_summary(out, args.embedded, Path("results"), profile=args.profile)
         return

@@ -3,13 +3,15 @@
     python scripts/screenshots.py                      # build the book (no execution) and shoot every figure
     python scripts/screenshots.py --html _build/html   # use an existing build
 
-Each shot opens a copy of the chapter's page in headless Chromium at ``--width`` pixels, scrolled so that the code
-cell holding ``marker`` is at the top, and saves ``results/screenshots/<name>.png``. The copy lives next to the page
+Each shot opens a copy of the chapter's page in headless Chromium at ``--width`` pixels, with everything in the article before
+the code cell holding ``marker`` hidden (so that cell and its figure are at the top), and saves ``results/screenshots/<name>.png``. The copy lives next to the page
 (so the book's CSS and images load) and is removed afterwards.
 """
 from __future__ import annotations
 
 import argparse
+import html as html_module
+import re
 import shutil
 import subprocess
 import sys
@@ -28,11 +30,18 @@ SHOTS = {
 }
 
 SCROLL = """<script>
-window.addEventListener("load", () => {
+// Keep the page's layout (sidebars, column width) but hide everything in the article before the target cell, so
+// that the cell (code and figure) sits at the top of the window.
+document.addEventListener("DOMContentLoaded", () => {
   const cells = Array.from(document.querySelectorAll("div.cell"));
   const cell = cells.find(c => c.textContent.includes(%r));
-  if (cell) { cell.scrollIntoView({block: "start"}); window.scrollBy(0, -20); }
-  else { document.body.innerHTML = "<h1>marker not found: " + %r + "</h1>"; }
+  if (!cell) { document.body.innerHTML = "<h1>marker not found</h1>"; return; }
+  let node = cell;
+  while (node && node.tagName !== "ARTICLE") {
+    let sibling = node.previousElementSibling;
+    while (sibling) { sibling.style.display = "none"; sibling = sibling.previousElementSibling; }
+    node = node.parentElement;
+  }
 });
 </script>
 """
@@ -57,10 +66,10 @@ def shoot(html: Path, name: str, page: str, marker: str, height: int, width: int
     if not source.is_file():
         raise SystemExit(f"{source}: no such page in the build")
     text = source.read_text(errors="replace")
-    if marker not in text.replace("&quot;", '"').replace("&#39;", "'"):
+    if marker not in html_module.unescape(re.sub(r"<[^>]+>", "", text)):  # code is split into highlighted spans
         raise SystemExit(f"{source}: marker {marker!r} not found")
     copy = source.with_name(f".shot-{name}.html")
-    copy.write_text(text.replace("</body>", SCROLL % (marker, marker) + "</body>"))
+    copy.write_text(text.replace("</body>", SCROLL % marker + "</body>"))
     target = OUT / f"{name}.png"
     OUT.mkdir(parents=True, exist_ok=True)
     try:

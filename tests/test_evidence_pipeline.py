@@ -55,6 +55,14 @@ def test_grids_use_the_exported_weights_and_summarise(exported, tmp_path):
     rows = len(pd.read_csv(out / "finetune" / "results.csv"))
     evidence_grid.main(args)  # finished cells are skipped
     assert len(pd.read_csv(out / "finetune" / "results.csv")) == rows
+    # the grid folder holds text only (it is committed), and a copy of it resumes elsewhere without recomputing
+    assert not list(out.rglob("*.pt")) and list(out.glob("finetune/finetune/*/n1_s0/history.csv"))
+    import shutil
+    moved = tmp_path / "other-checkout"
+    shutil.copytree(out, moved)
+    evidence_grid.main([*args[:7], str(moved), *args[8:]])
+    assert pd.read_csv(moved / "finetune" / "results.csv").equals(pd.read_csv(out / "finetune" / "results.csv"))
+    assert not list(moved.rglob("*.pt"))
 
     written = evidence_grid.write_summary(out, "standard", results_dir, profile="ci")
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
