@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The long cpu-profile computations of the label-efficiency study, as two lanes of one single-threaded process each
-# (2 cores). Every step resumes from its checkpoints and skips finished cells, so after an interruption the same
-# command continues where it stopped:
+# (2 cores). Every step skips what is finished, so after an interruption the same command continues:
 #
+#   mkdir -p runs/logs
 #   nohup bash scripts/evidence_queue.sh A >> runs/logs/lane_A.log 2>&1 &
 #   nohup bash scripts/evidence_queue.sh B >> runs/logs/lane_B.log 2>&1 &
 #
-# The claim's cells come first: the shipped preset's long runs (G^D, G^D + L^R, G^R, PCL, with their validation
-# measures), then its test-set grid; the initialisations only the full grid needs and the rest of the validation
-# budget sweep on the standard preset come last. The two lanes never work on the same run or grid cell.
+# What survives a fresh checkout is what is committed: the exported checkpoints (glcl_core/pretrained, with their
+# manifest) and the grids' text files (results/grids/cpu-PRESET: results.csv and each cell's history). Runs in
+# progress under runs/ are lost with the checkout, so lane A pre-trains one shipped initialisation at a time (about
+# 1.6 h of one core for 3000 global steps) and exports it as soon as it is finished: commit
+# glcl_core/pretrained and results/grids after each session. The two lanes never work on the same run or grid cell.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MPLBACKEND=Agg GLCL_PROGRESS=0
@@ -17,23 +19,24 @@ PY="${PYTHON:-.venv/bin/python}"
 PRESET=multicontrast
 
 budget() { "$PY" scripts/pretraining_budget.py --profile cpu "$@"; }
-export_weights() { "$PY" scripts/pretrain_shipped.py --profile cpu --embedded "$PRESET" --reuse runs/budget-cpu --export; }
+shipped() { "$PY" scripts/pretrain_shipped.py --profile cpu --embedded "$PRESET" "$@"; }
 grid() { "$PY" scripts/evidence_grid.py --profile cpu --embedded "$PRESET" "$@"; }
 
 case "${1:-}" in
 A)
-    budget --inits GD+LR                                              # standard preset, 300/1000/3000 steps
-    budget --embedded "$PRESET" --budgets 3000 --inits GR PCL
-    "$PY" scripts/pretrain_shipped.py --profile cpu --embedded "$PRESET" --reuse runs/budget-cpu --inits GD- GD+LD PCL+LR
-    export_weights
-    grid --inits PCL GD- GD+LD PCL+LR
-    budget --inits GR PCL                                             # the rest of the standard-preset sweep
+    # the shipped initialisations not exported yet, each exported as soon as it is finished
+    for init in PCL GD- GD+LD PCL+LR; do
+        shipped --inits "$init"
+        shipped --inits "$init" --export
+    done
+    # the validation measures of the long budget, from the exported weights (no pre-training)
+    budget --embedded "$PRESET" --budgets 3000 --inits PCL GR GD GD+LR --shipped
+    grid --inits GD- GD+LD PCL+LR
     ;;
 B)
-    budget --embedded "$PRESET" --budgets 3000 --inits GD random GD+LR
-    for pass in 1 2 3; do  # later passes pick up initialisations lane A exported meanwhile
-        export_weights
-        grid --inits random GR GD GD+LR
+    # the claim's grid cells from the exported weights; later passes pick up what lane A exported meanwhile
+    for pass in 1 2 3; do
+        grid --inits random GR GD GD+LR PCL
     done
     ;;
 *)

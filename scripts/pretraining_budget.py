@@ -20,6 +20,10 @@ from their checkpoints, so an interrupted sweep continues where it stopped:
 
     python scripts/pretraining_budget.py --profile cpu --inits random GR GD PCL GD+LR --budgets 300 1000 3000 \
         --out results/pretraining_budget_cpu.csv --runs runs/budget-cpu
+
+``--shipped`` measures the long budget (3000 global steps in the cpu profile) from the shipped checkpoints
+(glcl_core/pretrained) where one matches the configuration, instead of pre-training again; the row's
+``pretrain_seconds`` is then the manifest's wall time.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from glcl_core import checkpoints
 from glcl_core.data.split import draw_labelled
 from glcl_core.experiment import INITIALISATIONS, prepare_split
 from glcl_core.train.checkpoint import resumed_step
@@ -114,6 +119,25 @@ def local_snapshot(cfg: RunConfig, init: str, budget: int, global_ckpt: Path, sp
     return run_dir / "final.pt", steps, float(timing.read_text())
 
 
+def shipped_snapshots(profile: str, embedded: str, inits, folder: Path | None = None) -> dict[tuple[str, int], tuple]:
+    """{(init, global steps): (checkpoint, local steps, wall seconds)} for the shipped checkpoints of the long budget
+    that match this profile and preset (hash checked); initialisations without one are left out."""
+    cfg = make_config(profile, seed=0, budget="long", data={"embedded": embedded})
+    manifest = checkpoints.read_manifest(folder)
+    found = {}
+    for init in inits:
+        if INITIALISATIONS[init][0] is None:
+            continue
+        try:
+            path = checkpoints.shipped_weights(cfg, [init], folder)[init]
+        except checkpoints.CheckpointError:
+            continue
+        entry = next(e for e in manifest.values() if e["file"] == Path(path).name)
+        local_steps = cfg.local.iterations if INITIALISATIONS[init][1] else 0
+        found[(init, cfg.global_.iterations)] = (Path(path), local_steps, float(entry["wall_seconds"]))
+    return found
+
+
 def measure(cfg: RunConfig, kind: str, init_ckpt: Path | None, labelled, split, steps: int, run_dir: Path):
     c = RunConfig.from_dict(cfg.to_dict())
     c.finetune.n_labelled = len(labelled)
@@ -137,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--probe-steps", type=int, default=200)
     p.add_argument("--out", type=Path, default=Path("results/pretraining_budget_cpu.csv"))
     p.add_argument("--runs", type=Path, default=Path("runs/budget-cpu"))
+    p.add_argument("--shipped", action="store_true",
+                   help="take the long budget's weights from the shipped checkpoints where they match")
+    p.add_argument("--folder", type=Path, default=None, help="checkpoint folder for --shipped (default: shipped)")
     args = p.parse_args(argv)
 
     cfg = make_config(args.profile, data={"embedded": args.embedded})
@@ -144,19 +171,25 @@ def main(argv: list[str] | None = None) -> None:
     runs = args.runs / args.embedded
     done = done_cells(args.out)
     machine = f"{platform.machine()} {os.cpu_count()} cores"
+    shipped = shipped_snapshots(args.profile, args.embedded, args.inits, args.folder) if args.shipped else {}
     for init in args.inits:
         global_strategy, local_strategy = INITIALISATIONS[init]
         budgets = [0] if global_strategy is None else args.budgets
         for budget in budgets:
             # measured as soon as its snapshot exists, so an interrupted sweep keeps every finished budget
+            from_shipped = shipped.get((init, budget))
             snaps = (global_snapshots(cfg, global_strategy, [b for b in args.budgets if b <= budget], split, runs)
-                     if global_strategy else {})
+                     if global_strategy and not from_shipped and not all(
+                         (args.embedded, init, budget, kind, seed) in done
+                         for seed in args.seeds for kind in ("probe", "finetune")) else {})
             for seed in args.seeds:
                 for kind in ("probe", "finetune"):
                     if (args.embedded, init, budget, kind, seed) in done:
                         continue
                     ckpt, local_steps, seconds = None, 0, 0.0
-                    if global_strategy:
+                    if from_shipped:
+                        ckpt, local_steps, seconds = from_shipped
+                    elif global_strategy:
                         ckpt, seconds = snaps[budget]
                         if local_strategy:
                             ckpt, local_steps, local_seconds = local_snapshot(cfg, init, budget, ckpt, split, runs)

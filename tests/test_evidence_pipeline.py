@@ -97,3 +97,23 @@ def test_label_efficiency_figure_shows_every_initialisation():
     assert "3 seeds" in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="empty"):
         seg.plot_label_efficiency(efficiency.iloc[:0])
+
+
+def test_budget_measures_the_shipped_weights_without_pretraining(exported, tmp_path):
+    """pretraining_budget.py --shipped measures the long budget from the exported checkpoint: no global stage is
+    run, and the pre-training time recorded is the manifest's."""
+    import pretraining_budget
+
+    _, folder = exported
+    entry = checkpoints.read_manifest(folder)["GD"]
+    steps = entry["config"]["global_"]["iterations"]
+    out, runs = tmp_path / "budget.csv", tmp_path / "runs"
+    args = ["--profile", "ci", "--embedded", "standard", "--inits", "GD", "--budgets", str(steps), "--probe-steps",
+            "2", "--shipped", "--folder", str(folder), "--out", str(out), "--runs", str(runs)]
+    pretraining_budget.main(args)
+    rows = pd.read_csv(out)
+    assert set(rows["measure"]) == {"probe", "finetune"} and (rows["global_steps"] == steps).all()
+    assert rows["pretrain_seconds"].round(1).eq(round(entry["wall_seconds"], 1)).all()
+    assert not (runs / "standard" / "global").exists()  # nothing was pre-trained
+    pretraining_budget.main(args)  # finished cells are skipped
+    assert len(pd.read_csv(out)) == len(rows)
