@@ -8,10 +8,11 @@ stages of :mod:`glcl_core.train.loops` and only extracts, compares and tabulates
 * :func:`similarity_map`: cosine similarity of every pixel's feature vector with one chosen pixel.
 * :func:`random_local_model`: the starting point of the local stage (pre-trained encoder, fresh decoder and g2).
 * :func:`landmarks`: one interior pixel per tissue class of a labelled slice (for similarity widgets).
+* :func:`similarity_summary`: minimum and per-region medians of similarity maps (the numbers behind a figure).
 * :func:`mask_counts`: positives and negatives per anchor region of a local strategy on a batch's metadata.
 * :func:`chance_loss`: the local loss of features that carry no information, ``log(1 + negatives)``.
-* :func:`local_ablation`: for each setting, local pre-training from one shared global encoder, a short fine-tune
-  with the same labelled volume(s), and Dice on the validation volumes -> one tidy table.
+* :func:`local_ablation`: for each setting and seed, local pre-training from one shared global encoder, a short
+  fine-tune with a labelled volume, and Dice on the validation volumes -> one table (means and sd over seeds).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ __all__ = [
     "random_local_model",
     "calibrated",
     "landmarks",
+    "similarity_summary",
     "mask_counts",
     "negatives_per_anchor",
     "chance_loss",
@@ -205,6 +207,52 @@ def landmarks(label: np.ndarray, class_names: Sequence[str] | None = None) -> di
     return points
 
 
+def similarity_summary(maps: Mapping[str, Any], y: int, x: int, label: Any,
+                       class_names: Sequence[str] | None = None, border: int = 4, short_names: bool = True):
+    """Numbers behind a similarity figure: the minimum of each map and its median over regions of the slice.
+
+    Args:
+        maps: ``{name: (C, h, w)}`` feature maps of one slice (upsampled to the label's size, as in
+            :func:`~glcl_core.viz.local.plot_similarity`).
+        y, x: the chosen pixel (image coordinates).
+        label: the label slice ``(H, W)``; class 0 is the background.
+        class_names: names of the classes (default ``"class k"``).
+        border: width in pixels of the image border, reported as a region of its own.
+        short_names: name each column by the first word of its map's name (``"(a) random ..."`` -> ``"(a)"``)
+            when these are distinct.
+
+    Returns:
+        pandas.DataFrame, one column per map; rows ``minimum``, ``median, whole slice``, ``median, image border
+        (N px)``, ``median, <background> inside the border``, then ``median, <class>`` for each foreground class
+        present (these include pixels in the border).
+    """
+    import pandas as pd
+
+    lab = np.asarray(label)
+    if lab.ndim != 2:
+        raise ValueError(f"label must be a 2D slice, got shape {lab.shape}")
+    names = [str(class_names[k]) if class_names is not None and k < len(class_names) else f"class {k}"
+             for k in range(int(lab.max()) + 1)]
+    frame = np.zeros(lab.shape, bool)
+    if border > 0:
+        frame[:border], frame[-border:], frame[:, :border], frame[:, -border:] = True, True, True, True
+    regions = {"whole slice": np.ones(lab.shape, bool), f"image border ({border} px)": frame,
+               f"{names[0]} inside the border": (lab == 0) & ~frame,
+               **{names[k]: lab == k for k in range(1, len(names)) if (lab == k).any()}}
+    keys = list(maps)
+    if short_names and len({k.split()[0] if k.split() else k for k in keys}) == len(keys):
+        columns = [k.split()[0] if k.split() else k for k in keys]
+    else:
+        columns = keys
+    out = {}
+    for column, key in zip(columns, keys):
+        sim = similarity_map(maps[key], y, x, size=lab.shape)
+        out[column] = {"minimum": float(sim.min()),
+                       **{f"median, {r}": float(np.median(sim[m])) if m.any() else float("nan")
+                          for r, m in regions.items()}}
+    return pd.DataFrame(out)
+
+
 def middle_slices(volumes: Sequence[Volume], partitions: Sequence[int], n_partitions: int = 4):
     """The middle slice of each chosen partition of each volume, as a :class:`~glcl_core.batch.Batch` ordered
     volume-major like the partition sampler's (``volume`` = index in ``volumes``, ``image`` = row number)."""
@@ -318,11 +366,12 @@ def setting_name(overrides: Mapping[str, Any] | None, defaults: LocalConfig | No
 class Ablation:
     """What :func:`local_ablation` returns."""
 
-    table: Any  # pandas.DataFrame, one row per setting
-    local: dict[str, StageResult] = field(default_factory=dict)  # local pre-training per setting
-    finetuned: dict[str, StageResult] = field(default_factory=dict)
-    dice: Any = None  # pandas.DataFrame: setting, volume, class, dice (validation volumes)
+    table: Any  # pandas.DataFrame, one row per setting (means over seeds)
+    local: dict[str, StageResult] = field(default_factory=dict)  # local pre-training per setting (first seed)
+    finetuned: dict[str, StageResult] = field(default_factory=dict)  # fine-tuned model per setting (first seed)
+    dice: Any = None  # pandas.DataFrame: setting, seed, volume, class, dice (validation volumes)
     global_init: StageResult | None = None
+    runs: Any = None  # pandas.DataFrame, one row per setting and seed
 
 
 def _settings_dict(settings: Mapping[str, Any] | Sequence[Any], defaults: LocalConfig) -> dict[str, Any]:
@@ -363,6 +412,7 @@ def local_ablation(
     settings: Mapping[str, Mapping[str, Any] | None] | Sequence[Mapping[str, Any] | None],
     init: StageResult | None = None,
     labelled: Sequence[Volume] | None = None,
+    seeds: Sequence[int] | None = None,
     device: torch.device | str | None = None,
     class_names: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
@@ -372,81 +422,134 @@ def local_ablation(
 
     For each setting (a dict of :class:`~glcl_core.train.config.LocalConfig` overrides such as ``decoder_blocks``,
     ``region_size``, ``n_negatives``, ``form``, ``strategy``; ``None`` = skip the local stage and fine-tune from
-    the encoder alone):
+    the encoder alone) and each seed:
 
     1. :func:`~glcl_core.train.loops.pretrain_local` on ``split.pool`` from the shared global encoder ``init``
-       (pre-trained here with ``cfg`` if ``None``);
+       (pre-trained here once with ``cfg`` if ``None``);
     2. :func:`~glcl_core.train.loops.finetune` with ``cfg.finetune`` on ``labelled`` (default: one volume drawn
-       from the pool with ``cfg.seed``), for a fixed number of iterations with no checkpoint selection;
+       from the pool with the seed), for a fixed number of iterations with no checkpoint selection;
     3. :func:`~glcl_core.train.loops.evaluate` on ``split.val``. The test volumes are never touched: choosing a
        setting is a choice, and choices are made on validation data.
 
-    Every setting uses the same seed, hence the same batches, augmentations and labelled volume: the settings
-    differ only in what the local stage does.
+    Within one seed every setting uses the same batches, augmentations and labelled volume: the settings differ
+    only in what the local stage does. Across seeds the local stage, the fine-tuning (``RunConfig.seed``) and the
+    labelled volume change, while the global stage ``init`` stays shared. With short stages, small numerical
+    differences grow into large differences in Dice, so one seed does not rank settings; the spread over seeds
+    shows how large a difference has to be before it means anything.
 
     Args:
+        seeds: the seeds to run (default: ``(cfg.seed,)``, a single run per setting).
+        labelled: the labelled volume(s) for fine-tuning, the same for every seed (default: one volume drawn from
+            the pool per seed, :func:`~glcl_core.data.split.draw_labelled`).
         settings: ``{name: overrides}`` or a list of overrides (named by :func:`setting_name`).
         class_names: names for the Dice columns (default: class indices).
-        log: called with one line per finished setting (e.g. ``print``).
+        log: called with one line per finished run (e.g. ``print``).
         progress: progress bars of the stages (``None``: in notebooks and terminals).
 
     Returns:
-        :class:`Ablation` with ``table`` (one row per setting: the local settings, ``loss_start``/``loss_end``
-        (mean of the first/last 20 % of logged steps), ``chance`` (:func:`chance_loss`), ``val_dice`` (mean over
-        validation volumes and foreground classes), one ``dice <class>`` column per class, ``seconds``), the
-        stage results per setting, and the per-volume Dice table.
+        :class:`Ablation` with
+
+        * ``table``, one row per setting: the local settings (``strategy``, ``form``, ``decoder_blocks``,
+          ``region_size``, ``negatives`` per anchor); ``loss_start``/``loss_end``, the mean local loss over the
+          first/last 20 % of logged steps, averaged over seeds; ``chance`` (:func:`chance_loss`); ``val_dice``,
+          the mean over seeds of the validation Dice (each seed: mean over validation volumes and foreground
+          classes); ``val_dice_sd``, its standard deviation over seeds (``ddof=1``, NaN for one seed);
+          ``n_seeds``; one ``dice <class>`` column per class (mean over volumes, then over seeds); ``seconds``,
+          the wall time summed over seeds;
+        * ``runs``, the same columns per setting and seed (``seed``, ``labelled`` = names of the labelled
+          volumes, ``val_dice``, ``dice <class>``, ...), from which ``table`` is computed;
+        * ``local``/``finetuned``: the stage results per setting for the first seed;
+        * ``dice``: the per-volume, per-class Dice of every run.
     """
     import pandas as pd
 
     named = _settings_dict(settings, cfg.local)
     if not split.val:
         raise ValueError("local_ablation needs validation volumes (split.val is empty)")
+    seeds = [int(cfg.seed)] if seeds is None else [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("local_ablation needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
     if init is None:
         init = pretrain_global(cfg, split.pool, device=device, progress=progress)
-    if labelled is None:
-        labelled = draw_labelled(split.pool, 1, seed=cfg.seed)
+    labelled_of = {s: list(labelled) if labelled is not None else draw_labelled(split.pool, 1, seed=s)
+                   for s in seeds}
     n_classes = cfg.model.n_classes
     rows, dice_tables = [], []
     result = Ablation(table=None, global_init=init)
     for name, overrides in named.items():
-        run_cfg = RunConfig.from_dict(cfg.to_dict())
-        for key, value in (overrides or {}).items():
-            setattr(run_cfg.local, key, value)
-        lc = run_cfg.local
-        t0 = time.perf_counter()
-        row: dict[str, Any] = {"setting": name}
-        if overrides is None:
-            start = init
-            row.update({"strategy": "-", "form": "-", "decoder_blocks": 0, "region_size": np.nan,
-                        "negatives": np.nan, "loss_start": np.nan, "loss_end": np.nan, "chance": np.nan})
-        else:
-            local = pretrain_local(run_cfg, split.pool, init=init, device=device, progress=progress)
-            result.local[name] = local
-            h, w = local.model.feature_shape(lc.decoder_blocks)
-            n_regions = 13 if lc.form == "sparse" else (h // lc.region_size) * (w // lc.region_size)
-            n_neg = negatives_per_anchor(lc.form, lc.n_negatives, n_regions, strategy=lc.strategy,
-                                         negatives=lc.negatives, ld_negative_regions=lc.ld_negative_regions)
-            hist = local.history
-            first = float(hist["loss"].dropna().iloc[: max(1, len(hist) // 5)].mean()) if len(hist) else np.nan
-            row.update({"strategy": lc.strategy, "form": lc.form, "decoder_blocks": lc.decoder_blocks,
-                        "region_size": lc.region_size, "negatives": n_neg, "loss_start": first,
-                        "loss_end": _tail_mean(hist), "chance": chance_loss(n_neg)})
-            start = local
-        # no validation volumes inside fine-tuning: fixed length, no checkpoint selection, one evaluation below
-        tuned = finetune(run_cfg, list(labelled), [], init=start, device=device, progress=progress)
-        result.finetuned[name] = tuned
-        dice = evaluate(tuned.model, split.val, device=device, n_classes=n_classes, class_names=class_names)
-        dice.insert(0, "setting", name)
-        dice_tables.append(dice)
-        row["val_dice"] = float(np.nanmean(dice["dice"].to_numpy()))
-        for cls, value in dice.groupby("class", sort=False)["dice"].mean().items():
-            row[f"dice {cls}"] = float(value)
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-        if log is not None:
-            log(f"{name}: val Dice {row['val_dice']:.3f} ({row['seconds']:.0f} s)")
-    table = pd.DataFrame(rows)
-    table["decoder_blocks"] = table["decoder_blocks"].astype(int)
-    result.table = table
+        for seed in seeds:
+            run_cfg = RunConfig.from_dict(cfg.to_dict())
+            run_cfg.seed = seed
+            for key, value in (overrides or {}).items():
+                setattr(run_cfg.local, key, value)
+            lc = run_cfg.local
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"setting": name, "seed": seed,
+                                   "labelled": ", ".join(v.name for v in labelled_of[seed])}
+            if overrides is None:
+                start = init
+                row.update({"strategy": "-", "form": "-", "decoder_blocks": 0, "region_size": np.nan,
+                            "negatives": np.nan, "loss_start": np.nan, "loss_end": np.nan, "chance": np.nan})
+            else:
+                local = pretrain_local(run_cfg, split.pool, init=init, device=device, progress=progress)
+                if seed == seeds[0]:
+                    result.local[name] = local
+                h, w = local.model.feature_shape(lc.decoder_blocks)
+                n_regions = 13 if lc.form == "sparse" else (h // lc.region_size) * (w // lc.region_size)
+                n_neg = negatives_per_anchor(lc.form, lc.n_negatives, n_regions, strategy=lc.strategy,
+                                             negatives=lc.negatives, ld_negative_regions=lc.ld_negative_regions)
+                hist = local.history
+                first = (float(hist["loss"].dropna().iloc[: max(1, len(hist) // 5)].mean()) if len(hist)
+                         else np.nan)
+                row.update({"strategy": lc.strategy, "form": lc.form, "decoder_blocks": lc.decoder_blocks,
+                            "region_size": lc.region_size, "negatives": n_neg, "loss_start": first,
+                            "loss_end": _tail_mean(hist), "chance": chance_loss(n_neg)})
+                start = local
+            # no validation volumes inside fine-tuning: fixed length, no checkpoint selection, one evaluation below
+            tuned = finetune(run_cfg, labelled_of[seed], [], init=start, device=device, progress=progress)
+            if seed == seeds[0]:
+                result.finetuned[name] = tuned
+            dice = evaluate(tuned.model, split.val, device=device, n_classes=n_classes, class_names=class_names)
+            dice.insert(0, "setting", name)
+            dice.insert(1, "seed", seed)
+            dice_tables.append(dice)
+            row["val_dice"] = float(np.nanmean(dice["dice"].to_numpy()))
+            for cls, value in dice.groupby("class", sort=False)["dice"].mean().items():
+                row[f"dice {cls}"] = float(value)
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            if log is not None:
+                which = f"{name}" if len(seeds) == 1 else f"{name}, seed {seed}"
+                log(f"{which}: val Dice {row['val_dice']:.3f} ({row['seconds']:.0f} s)")
+    runs = pd.DataFrame(rows)
+    runs["decoder_blocks"] = runs["decoder_blocks"].astype(int)
+    result.runs = runs
+    result.table = _summarise_runs(runs)
     result.dice = pd.concat(dice_tables, ignore_index=True)
     return result
+
+
+def _summarise_runs(runs):
+    """One row per setting (in the order of ``runs``): means over seeds, ``val_dice_sd`` and ``n_seeds``."""
+    import pandas as pd
+
+    fixed = ["strategy", "form", "decoder_blocks", "region_size", "negatives", "chance"]
+    dice_cols = [c for c in runs.columns if c.startswith("dice ")]
+    groups = runs.groupby("setting", sort=False)
+    table = groups[fixed].first()
+    table["loss_start"] = groups["loss_start"].mean()
+    table["loss_end"] = groups["loss_end"].mean()
+    table["val_dice"] = groups["val_dice"].mean()
+    table["val_dice_sd"] = groups["val_dice"].std(ddof=1)
+    table["n_seeds"] = groups["seed"].nunique()
+    for col in dice_cols:
+        table[col] = groups[col].mean()
+    table["seconds"] = groups["seconds"].sum()
+    order = ["strategy", "form", "decoder_blocks", "region_size", "negatives", "loss_start", "loss_end", "chance",
+             "val_dice", "val_dice_sd", "n_seeds", *dice_cols, "seconds"]
+    table = table[order].reset_index()
+    table["decoder_blocks"] = table["decoder_blocks"].astype(int)
+    table["n_seeds"] = table["n_seeds"].astype(int)
+    return pd.DataFrame(table)

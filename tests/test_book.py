@@ -23,7 +23,7 @@ TOC = (ROOT / "_toc.yml").read_text()
 
 def test_every_chapter_listed_in_toc_and_present():
     listed = re.findall(r"file:\s*(book/\S+)", TOC)
-    assert len(CHAPTERS) == 6, [p.name for p in CHAPTERS]
+    assert len(CHAPTERS) == 7, [p.name for p in CHAPTERS]
     pages = ["book/notation"]  # reference pages (markdown) after the chapters
     assert sorted(listed) == sorted([f"book/{p.stem}" for p in CHAPTERS] + pages)
     assert all((ROOT / f"{page}.md").exists() for page in pages)

@@ -86,6 +86,21 @@ def test_landmarks_lie_deep_inside_each_class():
 
 
 # ------------------------------------------------------------------------------------------------ counts
+def test_similarity_summary_regions():
+    f = torch.zeros(2, 12, 12)
+    f[0] = 1.0  # everything along channel 0 ...
+    f[1, 4:8, 4:8] = 1.0  # ... except a block at 45 degrees
+    label = np.zeros((12, 12), int)
+    label[4:8, 4:8] = 2  # the block is class 2; class 1 absent
+    table = la.similarity_summary({"(a) one": f, "(b) two": -f}, 5, 5, label, ["bg", "c1", "block"], border=2)
+    assert list(table.columns) == ["(a)", "(b)"]
+    assert list(table.index) == ["minimum", "median, whole slice", "median, image border (2 px)",
+                                 "median, bg inside the border", "median, block"]
+    assert table.loc["median, block", "(a)"] == pytest.approx(1.0, abs=1e-5)
+    assert table.loc["median, image border (2 px)", "(a)"] == pytest.approx(math.sqrt(0.5), abs=1e-5)
+    assert table.loc["minimum", "(b)"] == pytest.approx(math.sqrt(0.5), abs=1e-5)  # -f: same cosines
+
+
 def test_mask_counts_lr_ld_sparse_and_dense():
     meta = ([0, 1, 2, 3], [0, 0, 1, 1], [0, 1, 0, 1])
     lr = la.mask_counts("LR", *meta, n_regions=13, n_negatives=10)
@@ -151,6 +166,42 @@ def test_local_ablation_table(ci_config, ci_split):
     # the local stage really differs between settings (different decoders), the frozen encoder does not
     a, b = ab.local["l2 neg4"].model, ab.local["dense"].model
     torch.testing.assert_close(a.encoder.state_dict(), b.encoder.state_dict())
+    # one seed (the default, cfg.seed): one run per setting, no spread
+    assert (t["n_seeds"] == 1).all() and t["val_dice_sd"].isna().all()
+    assert len(ab.runs) == 3 and (ab.runs["seed"] == cfg.seed).all()
+    np.testing.assert_allclose(ab.runs["val_dice"], t["val_dice"])
+
+
+def test_local_ablation_several_seeds(ci_split):
+    from glcl_core.data.split import Split, draw_labelled
+    from glcl_core.data.volume import Volume
+
+    cfg = make_config("ci", global_={"iterations": 2}, local={"iterations": 2},
+                      finetune={"iterations": 2, "batch_size": 4})
+    short = [Volume(f"short_{v.name}", v.image[8:16], v.label[8:16], v.spacing) for v in ci_split.val]
+    split = Split(pool=ci_split.pool[:4], val=short, test=ci_split.test)
+    seeds = [0, 1]
+    drawn = {s: draw_labelled(split.pool, 1, seed=s)[0].name for s in seeds}
+    assert drawn[0] != drawn[1]  # the seeds below must draw different labelled volumes
+    ab = la.local_ablation(cfg, split, {"none": None, "default": {}}, seeds=seeds)
+    t, runs = ab.table, ab.runs
+    assert t["setting"].tolist() == ["none", "default"] and (t["n_seeds"] == 2).all()
+    assert len(runs) == 4 and set(zip(runs["setting"], runs["seed"])) == {(n, s) for n in t["setting"] for s in seeds}
+    assert np.isfinite(t["val_dice_sd"]).all()
+    # every seed fine-tunes on its own draw, and the runs differ
+    assert dict(zip(runs.loc[runs["setting"] == "none", "seed"], runs.loc[runs["setting"] == "none", "labelled"])) \
+        == drawn
+    per_seed = runs.pivot(index="seed", columns="setting", values="val_dice")
+    assert (per_seed.loc[0] != per_seed.loc[1]).all()
+    # the table is the mean (and sd) of the per-seed rows
+    dice_cols = [c for c in t.columns if c.startswith("dice ")] + ["val_dice", "loss_end"]
+    means = runs.groupby("setting", sort=False)[dice_cols].mean().loc[t["setting"]]
+    np.testing.assert_allclose(t[dice_cols].to_numpy(float), means.to_numpy(float))
+    sds = runs.groupby("setting", sort=False)["val_dice"].std().loc[t["setting"]]
+    np.testing.assert_allclose(t["val_dice_sd"], sds)
+    assert set(ab.dice["seed"]) == set(seeds) and set(ab.local) == {"default"}
+    # local[...] keeps the first seed's stage; the global stage is shared by all runs
+    assert ab.local["default"].model is not None and ab.global_init is not None
 
 
 def test_local_ablation_rejects_bad_settings(ci_split):
@@ -191,6 +242,19 @@ def test_figures_draw(ci_split, monkeypatch):
                           "chance": [np.nan, 2.4, 2.4]})
     fig = vl.plot_ablation(table)
     assert len(fig.axes[0].patches) == 3 and len(fig.axes[1].lines) == 3 * 2 + 1  # start-end per setting, chance
+    assert not fig.axes[0].containers[1:] and [t.get_text() for t in fig.axes[0].texts] == [" 0.300", " 0.400",
+                                                                                              " 0.350"]
+    # several seeds: the bars are means with +-1 sd error bars and "mean ± sd" labels
+    table["val_dice_sd"], table["n_seeds"] = [0.05, 0.1, np.nan], 3
+    fig = vl.plot_ablation(table)
+    bars = [c for c in fig.axes[0].containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(bars) == 1
+    segments = bars[0].lines[2][0].get_segments()  # one horizontal segment per setting that has an sd
+    assert sorted(round(float(abs(s[1][0] - s[0][0])), 6) for s in segments) == [0.1, 0.2]
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert labels == [" 0.300 ± 0.050", " 0.400 ± 0.100", " 0.350"]
+    assert all(t.get_fontsize() == 9 for t in fig.axes[0].texts)
+    assert "3 seeds" in fig.axes[0].get_xlabel()
     plt.close("all")
 
 

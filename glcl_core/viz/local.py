@@ -309,7 +309,8 @@ def similarity_explorer(image: Any, maps: Mapping[str, Any], label: Any = None,
 # ------------------------------------------------------------------------------------------------- ablation
 def plot_ablation(table, baseline: str = "no local stage", default: str = "default",
                   fig: Figure | None = None) -> Figure:
-    """Left: validation Dice per setting (the run without a local stage as a dashed line). Right: how far the
+    """Left: validation Dice per setting (the run without a local stage as a dashed line); with a ``val_dice_sd``
+    column (several seeds) the bars are means with ±1 sd error bars, labelled "mean ± sd". Right: how far the
     local loss fell, ``loss_end / chance`` (1 = features no better than chance, lower = more discriminative).
 
     ``table``: :attr:`glcl_core.local_analysis.Ablation.table`.
@@ -320,14 +321,24 @@ def plot_ablation(table, baseline: str = "no local stage", default: str = "defau
     colours = ["0.6" if n == baseline else ("#1f77b4" if n == default else "#ff7f0e") for n in names]
     fig = fig or plt.figure(figsize=(10, 0.42 * len(t) + 1.6))
     ax_dice, ax_loss = fig.subplots(1, 2, sharey=True)
-    ax_dice.barh(ypos, t["val_dice"], color=colours)
-    for yy, v in zip(ypos, t["val_dice"]):
-        ax_dice.text(v, yy, f" {v:.3f}", va="center", fontsize=8)
+    mean = t["val_dice"].to_numpy(dtype=float)
+    sd = t["val_dice_sd"].to_numpy(dtype=float) if "val_dice_sd" in t else np.full(len(t), np.nan)
+    has_sd = np.isfinite(sd)
+    ax_dice.barh(ypos, mean, color=colours)
+    if has_sd.any():
+        ax_dice.errorbar(mean[has_sd], ypos[has_sd], xerr=sd[has_sd], fmt="none", ecolor="k", elinewidth=1,
+                         capsize=3)
+    for yy, v, e, ok in zip(ypos, mean, sd, has_sd):
+        ax_dice.text(v + (e if ok else 0.0), yy, f" {v:.3f} ± {e:.3f}" if ok else f" {v:.3f}", va="center",
+                     fontsize=9)
     if baseline in names:
-        ax_dice.axvline(float(t.loc[names.index(baseline), "val_dice"]), color="0.4", linestyle="--", linewidth=1)
+        ax_dice.axvline(float(mean[names.index(baseline)]), color="0.4", linestyle="--", linewidth=1)
     ax_dice.set_yticks(ypos, names)
-    ax_dice.set_xlabel("validation Dice (mean of foreground classes)")
-    ax_dice.set_xlim(0, max(0.05, float(np.nanmax(t["val_dice"]))) * 1.2)
+    n_seeds = int(np.nanmax(t["n_seeds"])) if "n_seeds" in t and has_sd.any() else 1
+    ax_dice.set_xlabel("validation Dice (mean of foreground classes)"
+                       + (f"\nmean ± sd over {n_seeds} seeds" if n_seeds > 1 else ""))
+    right = np.where(has_sd, mean + np.nan_to_num(sd), mean)
+    ax_dice.set_xlim(0, max(0.05, float(np.nanmax(right))) * (1.45 if has_sd.any() else 1.2))
     ratio = (t["loss_end"] / t["chance"]).to_numpy(dtype=float)
     start = (t["loss_start"] / t["chance"]).to_numpy(dtype=float)
     ok = np.isfinite(ratio) & np.isfinite(start) & (ratio > 0)
@@ -367,6 +378,6 @@ def plot_local_curves(local: Mapping[str, Any], table, fig: Figure | None = None
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("local pre-training step")
     ax.set_ylabel("loss / chance level")
-    ax.legend(fontsize=8, frameon=False, ncol=2)
+    ax.legend(fontsize=9, frameon=False, ncol=2)
     fig.tight_layout()
     return fig
