@@ -57,17 +57,31 @@ def prepare_split(cfg: RunConfig, volumes: list[Volume] | None = None) -> Split:
     return split_volumes(volumes, n_test=cfg.data.n_test, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
 
 
-def class_names_of(cfg: RunConfig) -> list[str] | None:
-    """Class names from the data's dataset.json, when it has one."""
+def _dataset_json(cfg: RunConfig) -> dict | None:
+    """The data's dataset.json (the embedded data set's when ``cfg.data.path`` is None), or None without one."""
     from glcl_core.data import embedded_dataset
 
     root = Path(cfg.data.path) if cfg.data.path else embedded_dataset(params=cfg.data.embedded)
     meta = root / "dataset.json"
-    if not meta.is_file():
+    return json.loads(meta.read_text()) if meta.is_file() else None
+
+
+def class_names_of(cfg: RunConfig) -> list[str] | None:
+    """Class names from the data's dataset.json, when it has one."""
+    meta = _dataset_json(cfg)
+    if meta is None:
         return None
-    labels = json.loads(meta.read_text()).get("labels", {})
+    labels = meta.get("labels", {})
     names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else None
     return names if names and len(names) == cfg.model.n_classes else None
+
+
+def subject_metadata(cfg: RunConfig) -> dict[str, dict]:
+    """What the embedded data's generator drew for each subject (``{"icbm_001": {"contrast_family": "t2", ...}}``),
+    from its dataset.json; ``{}`` for data without that record (e.g. a user's own folder)."""
+    meta = _dataset_json(cfg) or {}
+    subjects = meta.get("generator", {}).get("subjects", {}) if isinstance(meta.get("generator"), dict) else {}
+    return dict(subjects) if isinstance(subjects, dict) else {}
 
 
 @dataclass

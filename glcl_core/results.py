@@ -107,6 +107,42 @@ def per_class_table(df: pd.DataFrame) -> pd.DataFrame:
     return _ordered(out, ["_class"]).drop(columns="_class")
 
 
+def by_labelled_group(df: pd.DataFrame, groups: dict[str, str], draws: dict[tuple[int, int], list[str]]
+                      ) -> pd.DataFrame:
+    """Dice on test volumes of a group the labelled volumes showed ("seen") or did not show ("unseen").
+
+    With one labelled volume of one contrast, a model may segment test volumes of that contrast well and the others
+    badly; the mean over all test volumes hides this. ``groups``: volume name -> group (e.g. the embedded
+    generator's ``contrast_family``); ``draws``: (n_labelled, seed) -> names of the labelled volumes of that cell.
+
+    Columns: strategy, n_labelled, class, seen, unseen (mean Dice over (seed, test volume) pairs, pooled over
+    seeds), n_seen, n_unseen (how many such pairs).
+    """
+    df = check_results(df)
+    missing = sorted(set(df["volume"]) - set(groups))
+    if missing:
+        raise KeyError(f"no group for test volume(s) {', '.join(missing)}")
+    cells = set(map(tuple, df[["n_labelled", "seed"]].drop_duplicates().to_numpy().tolist()))
+    undrawn = sorted(c for c in cells if c not in draws)
+    if undrawn:
+        raise KeyError(f"no labelled volumes given for (n_labelled, seed) {undrawn}")
+    shown = {cell: {groups[name] for name in names} for cell, names in draws.items()}
+    seen = [groups[v] in shown[(n, s)] for v, n, s in zip(df["volume"], df["n_labelled"], df["seed"])]
+    df = df.assign(match=np.where(seen, "seen", "unseen"))
+    out = df.pivot_table(index=["strategy", "n_labelled", "class"], columns="match", values="dice",
+                         aggfunc=["mean", "count"])
+    table = pd.DataFrame(index=out.index)
+    for match in ("seen", "unseen"):
+        table[match] = out["mean"][match] if ("mean", match) in out.columns else np.nan
+    for match in ("seen", "unseen"):
+        table[f"n_{match}"] = (out["count"][match].fillna(0).astype(int)
+                               if ("count", match) in out.columns else 0)
+    table = table.reset_index()
+    classes = list(dict.fromkeys(df["class"]))
+    table["_class"] = table["class"].map({c: i for i, c in enumerate(classes)})
+    return _ordered(table, ["_class"]).drop(columns="_class")
+
+
 # ------------------------------------------------------------------------------------------- paired comparison
 def paired_differences(df: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
     """Per (strategy, n_labelled, seed): the strategy's seed mean minus the baseline's seed mean for the same

@@ -180,3 +180,15 @@ def test_multicontrast_preset_gives_each_family_its_tissue_order(tmp_path):
     assert set(CONTRAST_FAMILIES) == {"t1", "t2", "pd"}
     with pytest.raises(ValueError, match="unknown contrast families.*'t3'"):
         GeneratorParams(contrast_families=("t1", "t3"))
+
+
+def test_subject_metadata_reads_what_the_generator_drew(tmp_path, monkeypatch):
+    from glcl_core.experiment import subject_metadata
+    from glcl_core.train import make_config
+
+    folder = embedded_dataset(tmp_path, n_subjects=3, seed=0, params="multicontrast")
+    monkeypatch.setattr("glcl_core.data.embedded_dataset", lambda *a, **k: folder)
+    subjects = subject_metadata(make_config("ci", data={"embedded": "multicontrast"}))
+    assert [subjects[f"icbm_{i:03d}"]["contrast_family"] for i in range(3)] == ["t1", "t2", "pd"]
+    (folder / "dataset.json").unlink()
+    assert subject_metadata(make_config("ci", data={"embedded": "multicontrast"})) == {}

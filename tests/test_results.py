@@ -243,3 +243,30 @@ def test_validation_curves_read_histories_and_average_over_seeds(tmp_path):
     assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["random", "GD+LR"]
     with pytest.raises(FileNotFoundError, match="no fine-tuning histories"):
         results.validation_curves(tmp_path / "empty")
+
+
+def test_by_labelled_group_splits_test_volumes_by_the_labelled_volumes_group():
+    # vol0 and vol1 are group "a", vol2 group "b"; seed 0 labels an "a" volume, seed 1 a "b" volume
+    table = _table({
+        ("random", 1, 0): [[0.8, 0.6], [0.6, 0.4], [0.1, 0.0]],
+        ("random", 1, 1): [[0.2, 0.0], [0.0, 0.2], [0.9, 0.7]],
+    })
+    groups = {"vol0": "a", "vol1": "a", "vol2": "b", "pool0": "a", "pool1": "b"}
+    out = results.by_labelled_group(table, groups, {(1, 0): ["pool0"], (1, 1): ["pool1"]})
+    c1 = out[out["class"] == "c1"].iloc[0]
+    # seen: (seed 0, vol0 0.8), (seed 0, vol1 0.6), (seed 1, vol2 0.9); unseen: (seed 0, vol2 0.1), (seed 1: 0.2, 0.0)
+    assert c1["seen"] == pytest.approx((0.8 + 0.6 + 0.9) / 3)
+    assert c1["unseen"] == pytest.approx((0.1 + 0.2 + 0.0) / 3)
+    assert (c1["n_seen"], c1["n_unseen"]) == (3, 3)
+    assert list(out["class"]) == ["c1", "c2"]
+    # two labelled volumes covering both groups: everything is seen
+    both = results.by_labelled_group(table, groups, {(1, 0): ["pool0", "pool1"], (1, 1): ["pool1"]})
+    assert both.loc[both["class"] == "c1", "n_seen"].item() == 4
+
+
+def test_by_labelled_group_names_what_is_missing():
+    table = _table({("random", 1, 0): [[0.5]]})
+    with pytest.raises(KeyError, match="vol0"):
+        results.by_labelled_group(table, {}, {(1, 0): []})
+    with pytest.raises(KeyError, match=r"\(1, 0\)"):
+        results.by_labelled_group(table, {"vol0": "a"}, {})
