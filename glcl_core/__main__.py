@@ -237,9 +237,9 @@ def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     _embedded_flag(p)
     p.add_argument("--channel", type=int, default=None, help="image channel of multi-channel data (default 0)")
     p.add_argument("--n-test", type=_non_negative_int, default=None, metavar="N",
-                   help="volumes held out for testing (default 6)")
+                   help="subjects held out for testing (default 6; a subject's volumes, e.g. ACDC ED and ES, stay together)")
     p.add_argument("--n-val", type=_non_negative_int, default=None, metavar="N",
-                   help="volumes for model selection (default 2)")
+                   help="subjects for model selection (default 2)")
     p.add_argument("--profile", choices=PROFILES, default=None,
                    help="ci (seconds), cpu (minutes), gpu (paper scale); default from GLCL_PROFILE, else the device")
     p.add_argument("--out", default=None, metavar="PATH", help=out_help)

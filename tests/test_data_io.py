@@ -685,3 +685,36 @@ def test_evaluate_native_and_resampled_dice_of_a_known_prediction(tmp_path):
         loops.native_prediction(model, bare)
     with pytest.raises(ValueError, match="resolution"):
         loops.evaluate(model, [volume], resolution="original")
+
+
+def test_split_keeps_each_acdc_patient_on_one_side(tmp_path):
+    """ED and ES of one patient are one subject: never one frame in test and the other in the pool."""
+    from glcl_core.data.split import split_volumes
+
+    root = tmp_path / "ACDC"
+    for i in range(5):
+        make_acdc_patient(root / f"patient{i:03d}")
+    volumes = load_volumes(root, size=16)
+    assert len(volumes) == 10
+    for seed in range(6):
+        split = split_volumes(volumes, n_test=2, n_val=1, seed=seed)
+        sides = [{v.meta["subject"] for v in part} for part in (split.pool, split.val, split.test)]
+        assert [len(s) for s in sides] == [2, 1, 2]  # counts are subjects
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+        assert [len(part) for part in (split.pool, split.val, split.test)] == [4, 2, 4]
+    with pytest.raises(ValueError, match=r"5 subjects \(10 volumes\) cannot be split into 4 test, 1 validation"):
+        split_volumes(volumes, n_test=4, n_val=1)
+
+
+def test_split_of_one_volume_per_subject_is_the_plain_volume_split():
+    """Without repeated subjects the split is a permutation of the volumes by the seed, in input order per set."""
+    from glcl_core.data.split import split_volumes
+    from glcl_core.data.volume import Volume
+
+    volumes = [Volume(f"v{i}", np.zeros((2, 4, 4), np.float32), None, (1.0, 1.0, 1.0)) for i in range(9)]
+    for seed in (0, 3):
+        order = np.random.default_rng(seed).permutation(9)
+        split = split_volumes(volumes, n_test=3, n_val=2, seed=seed)
+        assert [v.name for v in split.test] == [f"v{i}" for i in sorted(order[:3])]
+        assert [v.name for v in split.val] == [f"v{i}" for i in sorted(order[3:5])]
+        assert [v.name for v in split.pool] == [f"v{i}" for i in sorted(order[5:])]

@@ -21,19 +21,33 @@ class Split:
         return f"Split(pool={len(self.pool)}, val={len(self.val)}, test={len(self.test)})"
 
 
+def subject_of(volume: Volume) -> str:
+    """The person a volume was scanned from (``meta["subject"]``, e.g. one ACDC patient's ED and ES frames), or the
+    volume's own name when the loader did not say."""
+    return str(volume.meta.get("subject") or volume.name)
+
+
 def split_volumes(volumes: list[Volume], n_test: int, n_val: int, seed: int = 0) -> Split:
-    """A fixed random split. Raises ValueError when there are too few volumes to keep at least one in the pool."""
+    """A fixed random split **by subject**: all volumes of one subject land in the same set, so no test subject is
+    seen, even as another frame, in pre-training or fine-tuning. ``n_test`` and ``n_val`` count subjects (the same
+    as volumes when every subject has one volume, and then the split is the plain volume split of earlier versions).
+    Raises ValueError when there are too few subjects to keep at least one in the pool."""
     if n_test < 0 or n_val < 0:
         raise ValueError("n_test and n_val must be >= 0")
-    if len(volumes) < n_test + n_val + 1:
+    subjects = list(dict.fromkeys(subject_of(v) for v in volumes))  # in order of first appearance
+    if len(subjects) < n_test + n_val + 1:
+        unit = "volumes" if len(subjects) == len(volumes) else f"subjects ({len(volumes)} volumes)"
         raise ValueError(
-            f"{len(volumes)} volumes cannot be split into {n_test} test, {n_val} validation and >= 1 training"
+            f"{len(subjects)} {unit} cannot be split into {n_test} test, {n_val} validation and >= 1 training"
         )
-    order = np.random.default_rng(seed).permutation(len(volumes))
-    test = [volumes[i] for i in sorted(order[:n_test])]
-    val = [volumes[i] for i in sorted(order[n_test:n_test + n_val])]
-    pool = [volumes[i] for i in sorted(order[n_test + n_val:])]
-    return Split(pool=pool, val=val, test=test)
+    order = np.random.default_rng(seed).permutation(len(subjects))
+
+    def volumes_of(indices) -> list[Volume]:
+        chosen = {subjects[i] for i in indices}
+        return [v for v in volumes if subject_of(v) in chosen]  # the input order, as before
+
+    return Split(pool=volumes_of(order[n_test + n_val:]), val=volumes_of(order[n_test:n_test + n_val]),
+                 test=volumes_of(order[:n_test]))
 
 
 def draw_labelled(pool: list[Volume], n: int, seed: int) -> list[Volume]:
