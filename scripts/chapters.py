@@ -91,7 +91,7 @@ def time_line(path: Path, reading_minutes: int, times: dict | None = None) -> st
         if row:
             parts.append(f"`{profile}` {_minutes(float(row['cpu_s']))}")
     running = ", ".join(parts) + " of one CPU core (measured)" if parts else "not measured yet"
-    return f"**Time:** reading about {reading_minutes} min; running {running}; `gpu` (paper scale) not timed yet."
+    return f"**Time:** reading about {reading_minutes} min; running {running}; `gpu` depends on the card (Chapter 7 counts the work)."
 
 
 def course_box(path: Path, meta: dict, times: dict | None = None) -> str:
