@@ -26,7 +26,7 @@ SHOTS = {
     "ch2_umap": ("book/02_global_strategies.html", "viz.plot_umap(", 1300),
     "ch2_similarity": ("book/02_global_strategies.html", "viz.plot_position_similarity(", 900),
     "ch4_ablation": ("book/04_local_loss.html", "viz.plot_ablation(", 1300),
-    "ch6_headline": ("book/06_results.html", "seg.plot_dice(summary", 900),
+    "ch6_headline": ("book/06_results.html", "seg.plot_label_efficiency(efficiency", 900),
 }
 
 SCROLL = """<script>
