@@ -126,7 +126,8 @@ def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "c
         curves = results.curve_summary(results.validation_curves(grid))
         curves = curves[curves["n_labelled"] == 1]
         _replace_preset_rows(results_dir / f"head_start_{profile}.csv", embedded, curves)
-        fig = seg.plot_validation_curves(curves, title=f"Head start, {embedded} preset, 1 labelled volume")
+        fig = seg.plot_validation_curves(curves[curves["strategy"].isin(MAIN)],
+                                         title=f"Head start, {embedded} preset, 1 labelled volume")
         fig.savefig(figures / f"head_start_{profile}_{embedded}.png", dpi=120)
         written += [results_dir / f"{stem}.csv", figures / f"label_efficiency_{profile}_{embedded}.png",
                     figures / f"head_start_{profile}_{embedded}.png"]
