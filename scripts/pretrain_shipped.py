@@ -7,7 +7,8 @@ embedded preset. Each run resumes from its last checkpoint, so the command can b
     python scripts/pretrain_shipped.py --profile cpu --embedded multicontrast            # pre-train (resumes)
     python scripts/pretrain_shipped.py --profile cpu --embedded multicontrast --export   # write finished ones
 
-``--reuse runs/budget-cpu`` takes global stages (and G^D + L^R) that scripts/pretraining_budget.py already ran to
+``--from-shipped`` starts a local initialisation (e.g. PCL + L^R) from the shipped checkpoint of its global stage
+(PCL), so only the local stage runs. ``--reuse runs/budget-cpu`` takes global stages (and G^D + L^R) that scripts/pretraining_budget.py already ran to
 the same configuration instead of running them again (the configuration is checked). Wall times are per run; a run
 that was interrupted and resumed is timed over the steps of its last session and scaled to the whole run (marked
 "estimated" in the manifest's command note).
@@ -79,10 +80,34 @@ def reuse_budget_runs(cfg: RunConfig, runs: Path, budget_runs: Path, inits) -> N
         print(f"{init}: reused {weights} ({seconds:.0f} s)")
 
 
-def run_all(cfg: RunConfig, runs: Path, inits, reuse: Path | None = None) -> None:
+def seed_from_shipped(cfg: RunConfig, runs: Path, global_strategy: str, folder: Path | None) -> bool:
+    """Start a local initialisation from the shipped checkpoint of its global stage instead of pre-training that
+    stage again. The local stage reads only the (frozen) encoder, which the shipped file holds unchanged, so the
+    result is the same as from the original run. The checkpoint's hash and pre-training configuration are checked;
+    its manifest wall time is carried over. Returns whether the global stage is now in ``runs``."""
+    target = stage_dir(runs, global_strategy)
+    if (target / "final.pt").exists():
+        return True
+    try:
+        path = checkpoints.shipped_weights(cfg, [global_strategy], folder)[global_strategy]
+    except checkpoints.CheckpointError as err:
+        print(f"{global_strategy}: not seeded from the shipped checkpoints ({err})")
+        return False
+    entry = next(e for e in checkpoints.read_manifest(path.parent).values() if e["file"] == path.name)
+    target.mkdir(parents=True, exist_ok=True)
+    RunConfig.from_dict(entry["config"]).to_json(target / "config.json")
+    shutil.copyfile(path, target / "final.pt")
+    (target / "wall.json").write_text(json.dumps({"seconds": entry["wall_seconds"], "reused_from": str(path)}) + "\n")
+    print(f"{global_strategy}: global stage taken from the shipped {path} ({entry['wall_seconds']:.0f} s)")
+    return True
+
+
+def run_all(cfg: RunConfig, runs: Path, inits, reuse: Path | None = None, from_shipped: Path | None = None) -> None:
     split = prepare_split(cfg)
     for init in inits:
         global_strategy, local_strategy = INITIALISATIONS[init]
+        if from_shipped is not None and local_strategy is not None:
+            seed_from_shipped(cfg, runs, global_strategy, from_shipped)
         for part in ([global_strategy] if local_strategy is None else [global_strategy, init]):
             if reuse:  # looked up just before the run: another process may have finished it meanwhile
                 reuse_budget_runs(cfg, runs, reuse, [part])
@@ -145,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=Path, default=None, help="default runs/shipped-PROFILE/EMBEDDED")
     p.add_argument("--reuse", type=Path, default=None, metavar="BUDGET_RUNS",
                    help="scripts/pretraining_budget.py's --runs folder, to reuse its runs at this budget")
+    p.add_argument("--from-shipped", action="store_true",
+                   help="start local initialisations from the shipped checkpoint of their global stage (hash and "
+                        "configuration checked) instead of pre-training that stage again")
     p.add_argument("--export", action="store_true",
                    help="write the finished runs to the checkpoint folder (nothing is trained)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
@@ -161,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         export_all(cfg, runs, args.inits, args.dtype, folder)
         return
-    run_all(cfg, runs, args.inits, args.reuse)
+    run_all(cfg, runs, args.inits, args.reuse,
+            from_shipped=(args.folder or default_folder(args.profile, args.embedded)) if args.from_shipped else None)
 
 
 if __name__ == "__main__":

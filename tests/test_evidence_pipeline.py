@@ -117,3 +117,30 @@ def test_budget_measures_the_shipped_weights_without_pretraining(exported, tmp_p
     assert not (runs / "standard" / "global").exists()  # nothing was pre-trained
     pretraining_budget.main(args)  # finished cells are skipped
     assert len(pd.read_csv(out)) == len(rows)
+
+
+def test_local_stage_starts_from_the_shipped_global_stage(exported, tmp_path, capsys):
+    """--from-shipped: a fresh runs folder takes G^D from the exported checkpoint and runs only the local stage."""
+    import torch
+
+    from glcl_core.train.checkpoint import load_checkpoint
+
+    _, folder = exported
+    runs = tmp_path / "runs"
+    pretrain_shipped.main(["--profile", "ci", "--embedded", "standard", "--runs", str(runs), "--inits", "GD+LR",
+                           "--from-shipped", "--folder", str(folder)])
+    assert "global stage taken from the shipped" in capsys.readouterr().out
+    shipped = load_checkpoint(folder / checkpoints.read_manifest(folder)["GD"]["file"])["model"]
+    local = load_checkpoint(runs / "pretrain" / "GD+LR" / "final.pt")["model"]
+    encoder = [k for k in shipped if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(local[k], shipped[k]) for k in encoder)  # frozen, and the same weights
+    wall = json.loads((runs / "pretrain" / "GD" / "wall.json").read_text())
+    assert wall["seconds"] == checkpoints.read_manifest(folder)["GD"]["wall_seconds"]
+    # a damaged shipped file is refused, and nothing is pre-trained from it
+    damaged, runs2 = tmp_path / "damaged", tmp_path / "runs2"
+    import shutil
+    shutil.copytree(folder, damaged)
+    path = damaged / checkpoints.read_manifest(damaged)["GD"]["file"]
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    assert not pretrain_shipped.seed_from_shipped(pretrain_shipped.shipped_config("ci", "standard"), runs2, "GD", damaged)
+    assert "does not match the manifest" in capsys.readouterr().out and not (runs2 / "pretrain" / "GD").exists()
