@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -352,6 +353,12 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     ckpt_mod.save_checkpoint(path, {"w": torch.ones(2), "step": 3, "rows": [{"loss": 0.5}]})
     assert ckpt_mod.load_checkpoint(path)["step"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    ckpt_mod.atomic_write_text(tmp_path / "m.json", "{}")
+    for written in (path, tmp_path / "m.json"):  # readable by others as any new file, not mkstemp's 0600
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask
+    (tmp_path / "m.json").unlink()
     path.write_bytes(path.read_bytes()[:20])  # truncated
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         ckpt_mod.load_checkpoint(path)

@@ -58,10 +58,18 @@ def _json(cfg: RunConfig) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
+def _usual_mode(tmp: str) -> None:
+    """Give a temporary file the mode an ordinary new file gets (0666 minus the umask), not mkstemp's 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    _usual_mode(tmp)
     os.replace(tmp, path)
 
 
@@ -73,6 +81,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     os.close(fd)
     try:
         torch.save(state, tmp)
+        _usual_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
