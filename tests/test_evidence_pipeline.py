@@ -93,7 +93,7 @@ def test_label_efficiency_figure_shows_every_initialisation():
     assert gd["mean_diff"].round(6).tolist() == [0.1, 0.1, 0.1] and (gd["n_pairs"] == 3).all()
     fig = seg.plot_label_efficiency(efficiency, title="t")
     left, right = fig.axes[:2]
-    assert [t.get_text() for t in right.get_legend().get_texts()] == ["random", "GD"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["random", "GD"]  # one legend, below both panels
     assert "3 seeds" in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="empty"):
         seg.plot_label_efficiency(efficiency.iloc[:0])

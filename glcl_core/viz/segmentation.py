@@ -147,7 +147,8 @@ def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", le
     if efficiency.empty:
         raise ValueError("empty table: nothing to plot")
     if fig is None:
-        fig = Figure(figsize=(10.5, 3.8), layout="constrained")
+        # about the width of a book column at 100 dpi, so that the 9-11 pt text is not scaled down on the page
+        fig = Figure(figsize=(8.0, 4.2), layout="constrained")
     else:
         fig.clear()
     left, right = fig.subplots(1, 2, sharex=True)
@@ -178,15 +179,14 @@ def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", le
         ax.grid(alpha=0.3)
     left.set_ylabel("mean foreground Dice (test)")
     right.set_ylabel(f"difference to {baseline} (paired)")
-    left.set_title("Dice; band = sd over seeds", fontsize=9)
-    right.set_title(f"paired difference; bars = {level:.0%} t-interval", fontsize=9)
+    left.set_title("Dice; band = sd over seeds", fontsize=10)
+    right.set_title(f"paired difference; bars = {level:.0%} t-interval", fontsize=10)
     handles, labels = left.get_legend_handles_labels()  # every initialisation, the baseline included
-    right.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
-                 title="init")
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=10, frameon=False)
     lo, hi = int(efficiency["n_seeds"].min()), int(efficiency["n_seeds"].max())
     seeds = f"{lo}" if lo == hi else f"{lo}-{hi}"
     note = f"{seeds} seed{'s' if hi > 1 else ''} (labelled draws) per point"
-    fig.suptitle(f"{title}\n{note}" if title else note, fontsize=10)
+    fig.suptitle(f"{title}\n{note}" if title else note, fontsize=11)
     return fig
 
 
