@@ -144,3 +144,22 @@ def test_local_stage_starts_from_the_shipped_global_stage(exported, tmp_path, ca
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     assert not pretrain_shipped.seed_from_shipped(pretrain_shipped.shipped_config("ci", "standard"), runs2, "GD", damaged)
     assert "does not match the manifest" in capsys.readouterr().out and not (runs2 / "pretrain" / "GD").exists()
+
+
+def test_label_efficiency_figure_cuts_one_wide_interval_to_keep_the_others_readable():
+    from glcl_core import results
+    from glcl_core.viz import segmentation as seg
+
+    # GD's paired differences are tight at n = 1, 2 and 4, and spread widely at n = 8 (seed 2 far off)
+    rows = [{"method": "m", "strategy": s, "n_labelled": n, "seed": seed, "volume": "v", "class": "c",
+             "dice": 0.5 + (s == "GD") * (0.02 + 0.005 * seed + (n == 8) * (0.5 if seed == 2 else -0.2))}
+            for s in ("random", "GD") for n in (1, 2, 4, 8) for seed in (0, 1, 2)]
+    efficiency = results.label_efficiency(pd.DataFrame(rows))
+    fig = seg.plot_label_efficiency(efficiency, title="t")
+    right = fig.axes[1]
+    wide = efficiency[(efficiency["strategy"] == "GD") & (efficiency["n_labelled"] == 8)].iloc[0]
+    low, high = right.get_ylim()
+    assert low > wide["ci_low"] and high < wide["ci_high"]  # the wide interval is cut ...
+    assert "cut" in right.get_title()
+    narrow = efficiency[(efficiency["strategy"] == "GD") & (efficiency["n_labelled"] == 1)].iloc[0]
+    assert low < narrow["ci_low"] and narrow["ci_high"] < high  # ... the narrow ones are whole

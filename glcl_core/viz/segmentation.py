@@ -164,13 +164,15 @@ def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", le
         left.fill_between(x, rows["mean"] - sd, rows["mean"] + sd, color=colour, alpha=0.12, lw=0)
         if strategy == baseline:
             continue
-        shift = 2.0 ** ((others.index(strategy) - (len(others) - 1) / 2) * 0.05)
+        shift = 2.0 ** ((others.index(strategy) - (len(others) - 1) / 2) * 0.05)  # side by side at each count
         finite = rows["ci_low"].notna()
         right.errorbar(x[finite] * shift, rows["mean_diff"][finite],
                        yerr=[(rows["mean_diff"] - rows["ci_low"])[finite], (rows["ci_high"] - rows["mean_diff"])[finite]],
                        fmt="o", ms=5, capsize=3, color=colour, label=strategy)
         right.plot(x[~finite] * shift, rows["mean_diff"][~finite], "o", ms=5, mfc="none", color=colour)
     right.axhline(0.0, color="black", lw=1)
+    shifts = {s: 2.0 ** ((others.index(s) - (len(others) - 1) / 2) * 0.05) for s in others}
+    cut = _cut_wide_intervals(right, efficiency[efficiency["strategy"] != baseline], shifts)
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xticks(counts)
@@ -180,14 +182,39 @@ def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", le
     left.set_ylabel("mean foreground Dice (test)")
     right.set_ylabel(f"difference to {baseline} (paired)")
     left.set_title("Dice; band = sd over seeds", fontsize=10)
-    right.set_title(f"paired difference; bars = {level:.0%} t-interval", fontsize=10)
+    right.set_title(f"paired difference; bars = {level:.0%} t-interval" + (" (▲▼: cut)" if cut else ""), fontsize=10)
     handles, labels = left.get_legend_handles_labels()  # every initialisation, the baseline included
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=10, frameon=False)
     lo, hi = int(efficiency["n_seeds"].min()), int(efficiency["n_seeds"].max())
     seeds = f"{lo}" if lo == hi else f"{lo}-{hi}"
-    note = f"{seeds} seed{'s' if hi > 1 else ''} (labelled draws) per point"
+    note = f"{seeds} seed{'s' if hi > 1 else ''} per point"
     fig.suptitle(f"{title}\n{note}" if title else note, fontsize=11)
     return fig
+
+
+def _cut_wide_intervals(ax, rows: pd.DataFrame, shifts: dict[str, float], max_ratio: float = 2.0) -> bool:
+    """Keep the narrow intervals readable: when the widest interval is more than ``max_ratio`` times as long as
+    the median one, the y axis is cut at ``max_ratio`` times the median half-range beyond the means, and each cut
+    end is marked with a triangle at the edge (the full interval is in the table beside the figure). ``shifts``:
+    each strategy's x offset factor, as its bars are drawn. Returns whether anything was cut."""
+    rows = rows.dropna(subset=["ci_low", "ci_high"])
+    if rows.empty:
+        return False
+    half = (rows["ci_high"] - rows["ci_low"]) / 2
+    limit = max_ratio * float(half.median())
+    if float(half.max()) <= limit or limit <= 0:
+        return False
+    lo = min(float(rows["mean_diff"].min()) - limit, -limit)
+    hi = max(float(rows["mean_diff"].max()) + limit, limit)
+    ax.set_ylim(lo, hi)
+    for row in rows.itertuples():
+        colour = strategy_colour(row.strategy)
+        x = row.n_labelled * shifts.get(row.strategy, 1.0)
+        if row.ci_low < lo:
+            ax.plot([x], [lo], marker="v", ms=7, color=colour, clip_on=False)
+        if row.ci_high > hi:
+            ax.plot([x], [hi], marker="^", ms=7, color=colour, clip_on=False)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------- overlays
