@@ -148,7 +148,7 @@ def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", le
         raise ValueError("empty table: nothing to plot")
     if fig is None:
         # about the width of a book column at 100 dpi, so that the 9-11 pt text is not scaled down on the page
-        fig = Figure(figsize=(8.0, 4.2), layout="constrained")
+        fig = Figure(figsize=(8.0, 4.2), dpi=100, layout="constrained")
     else:
         fig.clear()
     left, right = fig.subplots(1, 2, sharex=True)
