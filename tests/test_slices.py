@@ -218,6 +218,9 @@ def test_chapter_figures_draw():
     assert len(shown) == 2 * 3 + 2 * 2  # image and label rows; the missing third subject of "second" hidden
     assert gallery.axes[0].get_ylabel() == "first" and gallery.axes[0].get_title() == "v0"
     assert len(gallery.axes[3].images) == 2  # label row: image plus label overlay
+    assert [t.get_text() for t in gallery.legends[0].get_texts()] == ["class 1"]  # one per foreground class
+    named = viz.plot_subject_gallery({"first": volumes}, n_subjects=2, class_names=["background", "tissue"])
+    assert [t.get_text() for t in named.legends[0].get_texts()] == ["tissue"]
 
 
 def test_slice_browser_switches_volume_keeping_relative_position():

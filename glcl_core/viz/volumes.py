@@ -5,6 +5,8 @@ in tests and in notebooks alike (a returned Figure is rendered by Jupyter's inli
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
@@ -299,12 +301,15 @@ def plot_slice_similarity(similarity: np.ndarray, sample, n_partitions: int, by_
     return fig
 
 
-def plot_subject_gallery(rows: dict[str, list[Volume]], n_subjects: int = 6, fig: Figure | None = None) -> Figure:
+def plot_subject_gallery(rows: dict[str, list[Volume]], n_subjects: int = 6, fig: Figure | None = None,
+                         class_names: Sequence[str] | None = None) -> Figure:
     """One row of subjects per data set (e.g. per embedded preset), each at its slice with the most brain.
 
     Args:
         rows: row title -> volumes (labelled); the first ``n_subjects`` of each are shown as image, with the
             tissue labels (opaque colours over the image) in the row below.
+        class_names: names of classes 0..K-1 for the colour legend (default: the embedded data's tissue names
+            when there are four classes, else "class k").
     """
     n_cols = min(n_subjects, max(len(v) for v in rows.values()))
     if fig is None:
@@ -329,4 +334,13 @@ def plot_subject_gallery(rows: dict[str, list[Volume]], n_subjects: int = 6, fig
             image_ax.set_title(volume.name, fontsize=8)
             if c == 0:
                 image_ax.set_ylabel(title, fontsize=9)
+    n_classes = max(int(v.label.max()) + 1 for volumes in rows.values() for v in volumes[:n_cols] if v.label is not None)
+    if class_names is None:
+        from glcl_core.data.embedded import LABEL_NAMES
+
+        class_names = ([LABEL_NAMES[str(k)] for k in range(4)] if n_classes == 4
+                       else [f"class {k}" for k in range(n_classes)])
+    cmap = label_colormap(n_classes)
+    handles = [Patch(color=cmap(k), label=str(class_names[k])) for k in range(1, n_classes)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
     return fig
