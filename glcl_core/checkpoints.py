@@ -3,7 +3,8 @@ SHA-256 checked against the manifest.
 
 A shipped checkpoint holds what fine-tuning loads (the U-Net's weights, no projection heads), the stage and strategy
 that made it and its exact configuration. ``manifest.json`` beside the files records, per name: file, SHA-256, size,
-dtype, the configuration, the command that recreates it, its wall time and the machine it ran on.
+dtype, the configuration, the command that recreates it, its wall time and the machine it ran on; where the wall
+time does not cover the whole run, a ``wall_note`` says what it covers.
 """
 from __future__ import annotations
 
