@@ -440,3 +440,30 @@ def test_frozen_probe_trains_only_what_was_not_pre_trained(ci_split):
     # unfrozen fine-tuning changes the encoder
     r2 = loops.finetune(make_config("ci"), ci_split.pool[:1], [], init=loc, progress=False)
     assert any(not torch.equal(r2.model.state_dict()[k], loaded[k]) for k in enc if loaded[k].is_floating_point())
+
+
+def test_gpu_profile_runs_one_step_of_every_stage_at_paper_shapes():
+    """The gpu profile where there is no GPU: its data (192 x 192 at 1.25 mm), its 6-level U-Net and its batch sizes,
+    one optimisation step of the global stage (G^D and PCL), the local stage and fine-tuning, on the CPU."""
+    gpu = make_config("gpu")
+    assert gpu.data.size == 192 and len(gpu.model.channels) == 6
+    from glcl_core.experiment import prepare_split
+
+    split = prepare_split(gpu)
+    assert split.pool[0].image.shape[1:] == (192, 192)
+    for strategy in ("GD", "PCL"):
+        cfg = make_config("gpu", global_={"strategy": strategy, "iterations": 1, "log_every": 1})
+        stage = loops.pretrain_global(cfg, split.pool, device="cpu", progress=False)
+        row = stage.history.iloc[-1]
+        assert np.isfinite(row["loss"]) and row["step"] == 1 and len(stage.history) == 1
+    cfg = make_config("gpu", global_={"iterations": 1}, local={"iterations": 1, "log_every": 1})
+    init = loops.pretrain_global(cfg, split.pool, device="cpu", progress=False)
+    local = loops.pretrain_local(cfg, split.pool, init=init, device="cpu", progress=False)
+    assert np.isfinite(local.history.iloc[-1]["loss"])
+    encoder = [k for k in init.weights() if k.startswith("encoder.")]
+    assert all(torch.equal(local.weights()[k], init.weights()[k]) for k in encoder)  # frozen in the local stage
+    cfg = make_config("gpu", finetune={"iterations": 1, "log_every": 1, "eval_every": 10**9})
+    tuned = loops.finetune(cfg, split.pool[:2], [], device="cpu", progress=False)
+    assert np.isfinite(tuned.history.iloc[-1]["loss"])
+    logits = tuned.model.eval()(torch.zeros(1, 1, 192, 192))
+    assert logits.shape == (1, gpu.model.n_classes, 192, 192)
