@@ -8,8 +8,9 @@ embedded preset. Each run resumes from its last checkpoint, so the command can b
     python scripts/pretrain_shipped.py --profile cpu --embedded multicontrast --export   # write finished ones
 
 ``--from-shipped`` starts a local initialisation (e.g. PCL + L^R) from the shipped checkpoint of its global stage
-(PCL), so only the local stage runs. ``--reuse runs/budget-cpu`` takes global stages (and G^D + L^R) that scripts/pretraining_budget.py already ran to
-the same configuration instead of running them again (the configuration is checked). Wall times are per run; a run
+(PCL), so only the local stage runs. ``--reuse runs/budget-cpu`` takes global stages (and G^D + L^R) that
+scripts/pretraining_budget.py already ran to the same configuration instead of running them again (the
+configuration is checked). Wall times are per run; a run
 that was interrupted and resumed is timed over the steps of its last session and scaled to the whole run (marked
 "estimated" in the manifest's command note).
 """

@@ -155,6 +155,8 @@ def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", le
     counts = sorted(int(n) for n in efficiency["n_labelled"].unique())
     strategies = strategy_order(efficiency["strategy"])
     others = [s for s in strategies if s != baseline]
+    # x offset factors: the initialisations' intervals side by side at each labelled count
+    shifts = {s: 2.0 ** ((others.index(s) - (len(others) - 1) / 2) * 0.05) for s in others}
     for j, strategy in enumerate(strategies):
         rows = efficiency[efficiency["strategy"] == strategy].sort_values("n_labelled")
         x = rows["n_labelled"].to_numpy(float)
@@ -164,14 +166,13 @@ def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", le
         left.fill_between(x, rows["mean"] - sd, rows["mean"] + sd, color=colour, alpha=0.12, lw=0)
         if strategy == baseline:
             continue
-        shift = 2.0 ** ((others.index(strategy) - (len(others) - 1) / 2) * 0.05)  # side by side at each count
+        shift = shifts[strategy]
         finite = rows["ci_low"].notna()
         right.errorbar(x[finite] * shift, rows["mean_diff"][finite],
                        yerr=[(rows["mean_diff"] - rows["ci_low"])[finite], (rows["ci_high"] - rows["mean_diff"])[finite]],
                        fmt="o", ms=5, capsize=3, color=colour, label=strategy)
         right.plot(x[~finite] * shift, rows["mean_diff"][~finite], "o", ms=5, mfc="none", color=colour)
     right.axhline(0.0, color="black", lw=1)
-    shifts = {s: 2.0 ** ((others.index(s) - (len(others) - 1) / 2) * 0.05) for s in others}
     cut = _cut_wide_intervals(right, efficiency[efficiency["strategy"] != baseline], shifts)
     for ax in (left, right):
         ax.set_xscale("log", base=2)
