@@ -42,16 +42,22 @@ class ShippedCheckpoint:
     entry: dict[str, Any]
 
     def model(self):
-        """The U-Net its configuration names, with the shipped parts loaded (float32): the encoder of a global
-        stage, the encoder and decoder of a local stage; the other parts keep their fresh initialisation."""
-        from glcl_core.models import load_pretrained as load_parts
-        from glcl_core.train.loops import build_model
+        """The U-Net its configuration names, with the shipped parts loaded (see :func:`pretrained_model`)."""
+        return pretrained_model(self.path, self.config)
 
-        net = build_model(self.config)
-        ckpt = load_checkpoint(self.path)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-        load_parts(net, state, parts=shipped_parts(ckpt.get("stage", "model")))
-        return net
+
+def pretrained_model(path: str | Path, cfg: RunConfig):
+    """The U-Net ``cfg.model`` names, with the parts fine-tuning would load from the checkpoint ``path`` (a shipped
+    file or a pre-training run's ``final.pt``) in float32: the encoder of a global stage, the encoder and decoder
+    of a local stage; the other parts keep their fresh initialisation. Returned in eval mode, on the CPU."""
+    from glcl_core.models import load_pretrained as load_parts
+    from glcl_core.train.loops import build_model
+
+    net = build_model(cfg)
+    ckpt = load_checkpoint(path)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    load_parts(net, state, parts=shipped_parts(ckpt.get("stage", "model")))
+    return net.eval()
 
 
 def shipped_parts(stage: str) -> tuple[str, ...]:

@@ -4,6 +4,7 @@
     python scripts/chapters.py opening            # rewrite every chapter's standard opening from the template
     python scripts/chapters.py check              # structure checks (also run by the tests)
     python scripts/chapters.py run --profile cpu --inplace    # execute with papermill, outputs into the chapters
+    python scripts/chapters.py run --profile cpu --inplace --jobs 2   # two chapters at a time (2 cores)
     python scripts/chapters.py run --profile ci --out DIR     # execute copies (the tests)
     python scripts/chapters.py run --profile cpu --out DIR --record   # ... and record the cost in
                                                   # results/chapter_times.csv (the openings quote it)
@@ -263,6 +264,41 @@ def run(paths: list[Path], profile: str, out: Path | None, inplace: bool, timeou
     return times
 
 
+def _measured_cpu_seconds(profile: str) -> dict[str, float]:
+    """The latest measured CPU seconds per chapter in results/chapter_times.csv for ``profile`` (empty if none)."""
+    import csv
+
+    if not TIMES.exists():
+        return {}
+    with open(TIMES, newline="") as f:
+        return {row["chapter"]: float(row["cpu_s"]) for row in csv.DictReader(f) if row["profile"] == profile}
+
+
+def _run_one(args: tuple) -> tuple[str, float]:
+    path, profile, out, inplace, timeout, record, threads = args
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by this worker's kernel
+    return path.name, run([path], profile, out, inplace, timeout, record)[path.name]
+
+
+def run_parallel(paths: list[Path], profile: str, out: Path | None, inplace: bool, timeout: int, jobs: int,
+                 record: bool = False) -> dict[str, float]:
+    """Execute chapters ``jobs`` at a time, each kernel with ``cores // jobs`` threads, the longest first (by the
+    CPU seconds measured in results/chapter_times.csv) so that no long chapter starts last. Chapters are
+    independent: each reads the shipped checkpoints and writes its own run folders."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = 1 if record else max(1, (os.cpu_count() or 1) // jobs)
+    cost = _measured_cpu_seconds(profile)
+    order = sorted(paths, key=lambda p: -cost.get(p.name, 0.0))
+    times = {}
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_run_one, (p, profile, out, inplace, timeout, record, threads)) for p in order]
+        for future in as_completed(futures):
+            name, seconds = future.result()  # re-raises a failing chapter's error
+            times[name] = seconds
+    return times
+
+
 def _strip_papermill_metadata(path: Path) -> None:
     """Keep committed chapters free of per-run noise (timestamps, durations) so diffs show content only."""
     nb = json.loads(path.read_text())
@@ -294,6 +330,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--inplace", action="store_true")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="chapters executed at once (each kernel gets cores // jobs threads), longest first")
     p.add_argument("--record", action="store_true",
                    help="append wall and CPU time per chapter to results/chapter_times.csv (one thread)")
     args = parser.parse_args()
@@ -311,8 +349,14 @@ def main() -> None:
     else:
         if not args.inplace and args.out is None:
             parser.error("run needs --inplace or --out DIR")
-        times = run(args.paths or chapters(), args.profile, args.out, args.inplace, args.timeout, args.record)
-        print(f"[chapters] total {sum(times.values()):.1f} s for {len(times)} chapters ({args.profile})")
+        t0 = time.perf_counter()
+        paths = args.paths or chapters()
+        if args.jobs > 1:
+            times = run_parallel(paths, args.profile, args.out, args.inplace, args.timeout, args.jobs, args.record)
+        else:
+            times = run(paths, args.profile, args.out, args.inplace, args.timeout, args.record)
+        print(f"[chapters] {len(times)} chapters ({args.profile}): {sum(times.values()):.1f} s of chapter time, "
+              f"{time.perf_counter() - t0:.1f} s wall with {args.jobs} at a time")
 
 
 if __name__ == "__main__":

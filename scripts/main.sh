@@ -7,7 +7,7 @@ bash scripts/setup.sh
 export NUMBA_CACHE_DIR="$PWD/.cache/numba" MPLBACKEND=Agg
 start=$(date +%s)
 .venv/bin/python -m glcl_core main
-.venv/bin/python scripts/chapters.py run --profile "${GLCL_PROFILE:-cpu}" --inplace
+.venv/bin/python scripts/chapters.py run --profile "${GLCL_PROFILE:-cpu}" --inplace --jobs "${GLCL_JOBS:-2}"
 bash scripts/vendor_js.sh
 .venv/bin/jupyter-book build . -W --keep-going
 echo "[main] done in $(( $(date +%s) - start )) s; the book: file://$PWD/_build/html/index.html ($(du -sh _build/html | cut -f1))"

@@ -172,3 +172,28 @@ def test_no_chapter_speaks_of_its_own_development():
     # the patterns catch what they are for
     assert re.search(DEVELOPMENT_TALK[1], "a third of the +0.05 the issue asked for", flags=re.I)
     assert not re.search(DEVELOPMENT_TALK[3], "in issue #11 of the official repository a user", flags=re.I)
+
+
+def test_chapters_run_several_at_a_time(tmp_path):
+    """``chapters.py run --jobs 2`` (scripts/main.sh): every chapter executed, each kernel with cores // jobs threads."""
+    def notebook(value):
+        code = lambda source, tags: {"cell_type": "code", "metadata": {"tags": tags}, "source": source,
+                                     "outputs": [], "execution_count": None}
+        return {"cells": [code("profile = None", ["parameters"]),
+                          code(f"import os\nprint('threads', os.environ['OMP_NUM_THREADS'], profile, {value})", [])],
+                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+                "nbformat": 4, "nbformat_minor": 5}
+
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"0{i}_x.ipynb"
+        path.write_text(json.dumps(notebook(i)))
+        paths.append(path)
+    out = tmp_path / "out"
+    times = chapters.run_parallel(paths, "ci", out, inplace=False, timeout=300, jobs=2)
+    assert sorted(times) == [p.name for p in paths]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for i, path in enumerate(paths):
+        text = "".join("".join(o.get("text", "")) for c in json.loads((out / path.name).read_text())["cells"]
+                       for o in c.get("outputs", []))
+        assert f"threads {threads} ci {i}" in text, text
