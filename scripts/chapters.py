@@ -43,7 +43,7 @@ if "google.colab" in sys.modules:
     import subprocess
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "glcl-core[book] @ git+https://github.com/{REPOSITORY}"], check=True)'''
-PARAMETERS_SOURCE = '''profile = None  # "ci" (seconds), "cpu" (minutes), "gpu" (paper scale); None: $GLCL_PROFILE, else gpu with CUDA, else cpu
+PARAMETERS_SOURCE = '''profile = None  # "ci" (seconds), "cpu" (minutes), "gpu" (paper scale); None: $GLCL_PROFILE, else cpu (also on a GPU)
 seed = 0'''
 SETUP_SOURCE = '''from glcl_core.book import chapter_setup
 

@@ -467,3 +467,14 @@ def test_gpu_profile_runs_one_step_of_every_stage_at_paper_shapes():
     assert np.isfinite(tuned.history.iloc[-1]["loss"])
     logits = tuned.model.eval()(torch.zeros(1, 1, 192, 192))
     assert logits.shape == (1, gpu.model.n_classes, 192, 192)
+
+
+def test_default_profile_never_picks_paper_scale(monkeypatch):
+    """A chapter opened on a GPU (Colab) runs the minutes-long cpu profile unless the paper scale is asked for."""
+    from glcl_core import profiles
+
+    monkeypatch.delenv("GLCL_PROFILE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert profiles.default_profile() == "cpu"
+    monkeypatch.setenv("GLCL_PROFILE", "gpu")
+    assert profiles.default_profile() == "gpu"
