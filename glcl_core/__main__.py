@@ -24,6 +24,7 @@ INIT_CHOICES = ("random", "GR", "GD-", "GD", "PCL", "GD+LR", "GD+LD", "PCL+LR")
 EMBEDDED_PRESETS = ("standard", "varied", "multicontrast")  # glcl_core.data.embedded.PRESETS
 PRESET_CHOICES = ("pcl",)  # glcl_core.train.config.PRESETS
 BUDGET_CHOICES = ("profile", "long")  # glcl_core.train.config.BUDGETS
+FINETUNE_LOSSES = ("dice+ce", "dice", "glcl")  # glcl_core.train.loops.SEGMENTATION_LOSSES
 
 
 class CLIError(Exception):
@@ -37,13 +38,84 @@ def _existing(path: str) -> Path:
     return p
 
 
+def _data_folder(path: str) -> Path:
+    """``--data``: an existing folder (not a file, ``/dev/null`` or another device), or the name of a public data
+    set (``fetch --list``), downloaded once into the data cache and verified."""
+    from glcl_core.data.fetch import DATASETS, fetch
+
+    if not Path(path).expanduser().exists() and path.strip().lower() in {n.lower() for n in DATASETS}:
+        return fetch(path)
+    p = _existing(path)
+    if not p.is_dir():
+        kind = "a file" if p.is_file() else "a device or other special file"
+        raise CLIError(f"--data {p}: is {kind}; give the data folder (Decathlon / nnU-Net task folder, ACDC folder "
+                       f"or a folder of NIfTI images)")
+    return p
+
+
+def _check_out(args: argparse.Namespace, out: Path, folder_out: bool = True) -> None:
+    """Refuse an output path inside, equal to or above the data (``--data``, and the data cache: GLCL_DATA_DIR or
+    the embedded data set's folder), before anything is written."""
+    from glcl_core.data.embedded import default_root
+
+    folders = [Path(args.data).expanduser()] if getattr(args, "data", None) else []
+    folders.append(default_root())
+    target = out.expanduser().resolve()
+    if folder_out and target.exists() and not target.is_dir():
+        raise CLIError(f"--out {out} is a file; give a folder for the run")
+    for folder in folders:
+        data = folder.expanduser().resolve()
+        if target == data or data in target.parents:
+            raise CLIError(f"--out {out} is inside the data folder {folder}; write runs elsewhere (e.g. under runs/)")
+        if target in data.parents:
+            raise CLIError(f"--out {out} contains the data folder {folder}; choose a folder beside the data, not "
+                           "above it")
+
+
+def _say_if_fresh(args: argparse.Namespace, folder: Path) -> None:
+    """``--resume`` without an earlier run in ``folder``: say (one line on stderr) that the run starts fresh."""
+    from glcl_core.distributed import is_main
+    from glcl_core.train.checkpoint import has_run
+
+    if args.resume and is_main() and not has_run(folder):
+        print(f"--resume: no earlier run in {folder}; starting a fresh run", file=sys.stderr, flush=True)
+
+
+# first lines of the CSV files `evaluate --out` writes (older versions had no resolution column)
+EVALUATE_HEADERS = ("volume,class,dice,resolution", "volume,class,dice")
+
+
+def _check_scores_file(out: Path) -> None:
+    """``evaluate --out``: refuse a folder, or an existing file that is not a score table written by evaluate."""
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; give a CSV file name (e.g. {out / 'scores.csv'})")
+    if out.exists() and out.stat().st_size > 0:  # an empty file holds nothing to lose
+        try:
+            with open(out, newline="") as fh:
+                first = fh.readline().strip()
+        except (OSError, UnicodeDecodeError):
+            first = None
+        if first not in EVALUATE_HEADERS:
+            raise CLIError(f"--out {out} exists and is not a score table written by evaluate (its first line is not "
+                           f"{EVALUATE_HEADERS[0]!r}); it was left as it was: choose another file name")
+
+
 def _config(args: argparse.Namespace, **overrides):
     from glcl_core.train.config import make_config
 
-    data = {"path": str(_existing(args.data)) if args.data else None}
-    for key in ("embedded", "channel", "n_test", "n_val"):
+    data = {"path": str(_data_folder(args.data)) if args.data else None}
+    for key in ("embedded", "channel", "n_test", "n_val", "spacing"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
+    if getattr(args, "frames", None):
+        data["frames"] = ",".join(args.frames)
+    # classes: --n-classes, else from the data (make_config: dataset.json labels, else the largest label + 1)
+    n_classes = getattr(args, "n_classes", None)
+    if n_classes is not None:
+        overrides["model"] = {**overrides.get("model", {}), "n_classes": n_classes}
+    loss = getattr(args, "finetune_loss", None) or getattr(args, "loss", None)  # experiment / finetune
+    if loss:
+        overrides["finetune"] = {**overrides.get("finetune", {}), "loss": loss}
     if hasattr(args, "compile"):
         overrides["speed"] = {"compile": args.compile, "channels_last": args.channels_last}
     return make_config(args.profile, seed=args.seed, preset=getattr(args, "preset", None),
@@ -63,10 +135,22 @@ def _cmd_data(args: argparse.Namespace) -> None:
     from glcl_core.data import embedded_dataset, load_volumes, summarize
 
     t0 = time.perf_counter()
-    path = _existing(args.data) if args.data else embedded_dataset(params=args.embedded)
-    volumes = load_volumes(path)
+    path = _data_folder(args.data) if args.data else embedded_dataset(params=args.embedded)
+    volumes = load_volumes(path, channel=getattr(args, "channel", None))
     print(f"data: {path}  ({time.perf_counter() - t0:.1f} s)")
     print(summarize(volumes))
+
+
+def _cmd_fetch(args: argparse.Namespace) -> None:
+    from glcl_core.data.fetch import datasets_table, fetch
+
+    if args.list:
+        print(datasets_table())
+        return
+    if not args.name:
+        raise CLIError("name a data set to fetch (python -m glcl_core fetch --list shows them)")
+    path = fetch(args.name, args.root, url=args.url)
+    print(f"data: {path}  (pass it to --data)")
 
 
 def _cmd_main(args: argparse.Namespace) -> None:
@@ -85,10 +169,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
         if args.local:
             overrides["local"]["iterations"] = args.iterations
     cfg = _config(args, **overrides)
-    split = _split(cfg)
     name = cfg.global_.strategy + (f"+{args.local}" if args.local else "")
     out = Path(args.out or f"runs/pretrain-{name}")
+    _check_out(args, out)
+    split = _split(cfg)
     print(f"pre-training {name} on the training pool ({split}) -> {out}")
+    _say_if_fresh(args, out / "global")
     # a bar in a terminal; one line per logged step in a log file or a pipe
     progress = None if sys.stdout.isatty() else "lines"
     g = pretrain_global(cfg, split.pool, out=out / "global", resume=args.resume, overwrite=args.overwrite,
@@ -96,6 +182,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"global stage: {_health_summary(g.history)}; weights {out / 'global' / 'final.pt'}")
     if args.local:
         # init from the stage's weights in memory (the same as global/final.pt, and on every rank without a shared disk)
+        _say_if_fresh(args, out / "local")
         loc = pretrain_local(cfg, split.pool, init=g, out=out / "local", resume=args.resume, overwrite=args.overwrite,
                              val=split.val, progress=progress)
         print(f"local stage: {_health_summary(loc.history)}; weights {out / 'local' / 'final.pt'}")
@@ -131,10 +218,12 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
         overrides["finetune"]["iterations"] = args.iterations
     init = _existing(args.init) if args.init else None
     cfg = _config(args, **overrides)
+    out = Path(args.out or f"runs/finetune-n{args.n_labelled}-s{args.seed}")
+    _check_out(args, out)
     split = _split(cfg)
     labelled = draw_labelled(split.pool, args.n_labelled, args.seed)
-    out = Path(args.out or f"runs/finetune-n{args.n_labelled}-s{args.seed}")
     print(f"fine-tuning on {[v.name for v in labelled]} from {init or 'random init'} -> {out}")
+    _say_if_fresh(args, out)
     result = finetune(cfg, labelled, split.val, init=init, out=out, resume=args.resume, overwrite=args.overwrite)
     if not is_main():  # every rank holds the same weights: rank 0 tests and writes
         return
@@ -150,6 +239,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from glcl_core.train.loops import build_model, evaluate
 
     ckpt_path = _existing(args.checkpoint)
+    if args.out:
+        _check_out(args, Path(args.out), folder_out=False)
+        _check_scores_file(Path(args.out))
     if not is_main():  # nothing to share out: rank 0 evaluates
         return
     cfg = _config(args)
@@ -162,8 +254,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     split = prepare_split(cfg)
     scores = evaluate(model, split.test, n_classes=cfg.model.n_classes, class_names=class_names_of(cfg))
     if args.out:
+        from glcl_core.train.checkpoint import atomic_write_text
+
+        _check_scores_file(Path(args.out))  # again: it may have appeared while the model was evaluated
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        scores.to_csv(args.out, index=False)
+        atomic_write_text(Path(args.out), scores.to_csv(index=False))
     _print_scores(scores, len(split.test))
 
 
@@ -177,6 +272,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         overrides.setdefault("finetune", {})["freeze"] = True
     cfg = _config(args, **overrides)
     out = Path(args.out or f"runs/experiment-{cfg.profile}{'-probe' if args.probe else ''}")
+    _check_out(args, out)
     pretrained = None
     if args.shipped:
         from glcl_core.checkpoints import CheckpointError, shipped_weights
@@ -212,6 +308,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _embedded_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedded", choices=EMBEDDED_PRESETS, default=None,
                    help="preset of the embedded data set when --data is not given (default standard; "
@@ -233,15 +336,25 @@ def _budget_flag(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--data", default=None, metavar="PATH",
-                   help="Decathlon, ACDC or image/label folder (default: the embedded data set)")
+                   help="Decathlon, ACDC or image/label folder, or a data set to fetch (e.g. Task05_Prostate; see "
+                        "`fetch --list`) (default: the embedded data set)")
     _embedded_flag(p)
-    p.add_argument("--channel", type=int, default=None, help="image channel of multi-channel data (default 0)")
+    p.add_argument("--spacing", type=_positive_float, default=None, metavar="MM",
+                   help="in-plane spacing the slices are resampled to (default: the profile's; GLCL: 1.367 for "
+                        "ACDC, 0.625 for the prostate)")
+    p.add_argument("--frames", nargs="+", choices=("ED", "ES"), default=None,
+                   help="ACDC frames to load (default: ED ES; GLCL used ED)")
+    p.add_argument("--channel", type=_non_negative_int, default=None, metavar="K",
+                   help="image channel of multi-channel data (default 0)")
+    p.add_argument("--n-classes", type=_positive_int, default=None, metavar="N",
+                   help="segmentation classes with background (default: from the data: dataset.json labels, else "
+                        "the largest label value + 1; the embedded set has 4)")
     p.add_argument("--n-test", type=_non_negative_int, default=None, metavar="N",
                    help="subjects held out for testing (default 6; a subject's volumes, e.g. ACDC ED and ES, stay together)")
     p.add_argument("--n-val", type=_non_negative_int, default=None, metavar="N",
                    help="subjects for model selection (default 2)")
     p.add_argument("--profile", choices=PROFILES, default=None,
-                   help="ci (seconds), cpu (minutes), gpu (paper scale); default from GLCL_PROFILE, else the device")
+                   help="ci (seconds), cpu (minutes), gpu (paper scale); default from GLCL_PROFILE, else cpu")
     p.add_argument("--out", default=None, metavar="PATH", help=out_help)
     p.add_argument("--seed", type=int, default=0)
 
@@ -258,7 +371,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="load a data folder (default: the embedded set) and print its summary")
     p.add_argument("--data", default=None, metavar="PATH", help="Decathlon, ACDC or image/label folder")
     _embedded_flag(p)
+    p.add_argument("--channel", type=_non_negative_int, default=None, metavar="K",
+                   help="image channel of multi-channel data (default: 0 for Decathlon / nnU-Net data; other "
+                        "multi-channel images need a choice)")
     p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("fetch", help="download, verify and unpack a public data set (e.g. Task05_Prostate) into the "
+                                     "data cache and print its folder")
+    p.add_argument("name", nargs="?", default=None, help="data set name (case-insensitive; see --list)")
+    p.add_argument("--list", action="store_true", help="list the known data sets and exit")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="cache folder (default: GLCL_DATA_DIR, else the embedded data set's cache folder)")
+    p.add_argument("--url", default=None, metavar="URL",
+                   help="download from this address instead (a mirror); the published MD5 is still checked")
+    p.set_defaults(func=_cmd_fetch)
 
     p = sub.add_parser("pretrain", help="global pre-training (encoder + g1), optionally then local (decoder + g2)")
     _common(p, "run folder (default runs/pretrain-STRATEGY)")
@@ -280,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, metavar="CKPT", help="pre-trained final.pt (default: random init)")
     p.add_argument("--n-labelled", type=_positive_int, default=2)
     p.add_argument("--iterations", type=_positive_int, default=None)
+    p.add_argument("--loss", choices=FINETUNE_LOSSES, default=None,
+                   help="fine-tuning loss (default dice+ce; glcl: GLCL's 1 - Dice per image and class)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--overwrite", action="store_true")
     _speed_flags(p)
@@ -295,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inits", nargs="+", choices=INIT_CHOICES, default=list(INIT_CHOICES))
     p.add_argument("--n-labelled", nargs="+", type=_positive_int, default=[1, 2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--finetune-loss", choices=FINETUNE_LOSSES, default=None,
+                   help="fine-tuning loss (default dice+ce; glcl: GLCL's 1 - Dice per image and class)")
     p.add_argument("--finetune-iterations", type=_positive_int, default=None, metavar="N",
                    help="override the profile's fine-tuning iterations (pre-training keeps the profile's)")
     p.add_argument("--probe", action="store_true",
@@ -311,10 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)  # argparse itself exits with code 2 on bad arguments
     from glcl_core import distributed
     from glcl_core.data import DataError
     from glcl_core.train.checkpoint import RunExistsError
+    from glcl_core.train.lock import RunLockedError
 
     # joins torchrun's process group (a no-op unless launched by torchrun with several processes)
     joined = not distributed.is_distributed() and distributed.init_distributed()
@@ -323,9 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
             args.func(args)
-    except (CLIError, DataError, RunExistsError, FileNotFoundError) as err:
+    except (CLIError, DataError, RunExistsError, RunLockedError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: one line, how to continue, exit code 130 (128 + SIGINT)
+        if distributed.is_main():
+            print(_interrupted_message(err, args, argv), file=sys.stderr, flush=True)
+        return 130
     except ValueError as err:  # configuration problems (too few volumes, unknown fields, ...)
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -335,6 +471,29 @@ def main(argv: list[str] | None = None) -> int:
         if joined:
             distributed.cleanup()
     return 0
+
+
+def _interrupted_message(err: KeyboardInterrupt, args: argparse.Namespace, argv: list[str]) -> str:
+    """The line printed after Ctrl-C: where training stopped and the command that continues it."""
+    import shlex
+
+    from glcl_core.train.engine import TrainingInterrupted
+
+    kept = [a for a in argv if a not in ("--overwrite", "--resume")]
+    again = shlex.join(["python", "-m", "glcl_core", *kept])
+    if args.command in ("pretrain", "finetune"):
+        how = f"resume with: {again} --resume"
+    elif args.command == "experiment":
+        how = f"resume with the same command (finished cells are kept, unfinished runs resume): {again}"
+    else:
+        return "interrupted"
+    if not isinstance(err, TrainingInterrupted):
+        return f"interrupted; {how}"
+    stage = f" ({err.desc})" if err.desc else ""
+    if err.out is None or err.checkpoint_step == 0:
+        return f"interrupted at step {err.step}{stage} before its first checkpoint; {how}"
+    return (f"interrupted at step {err.step}{stage}; last checkpoint at step {err.checkpoint_step} "
+            f"({err.out / 'last.pt'}); {how}")
 
 
 if __name__ == "__main__":

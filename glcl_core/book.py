@@ -24,27 +24,67 @@ class ChapterRun:
     seed: int
     device: torch.device
     cfg: RunConfig
+    data_spec: str | dict | None = None
 
     def pick(self, ci, cpu, gpu):
         """The value for this profile, e.g. ``run.pick(ci=2_000, cpu=20_000, gpu=200_000)`` points to embed."""
         return {"ci": ci, "cpu": cpu, "gpu": gpu}[self.profile]
 
+    def data(self, default: str = "standard") -> dict:
+        """The ``data`` settings for :func:`make_config`: the chapter's parameter ``data`` (see
+        :func:`data_settings`), or the embedded preset ``default`` the chapter was written for."""
+        return data_settings(self.data_spec, default)
+
+
+def data_settings(spec: str | dict | None, default: str = "standard") -> dict:
+    """What a chapter's ``data`` parameter names, as the ``data`` part of a configuration:
+
+    * ``None``: the embedded data set with the chapter's own preset ``default``;
+    * an embedded preset (``"standard"``, ``"varied"``, ``"multicontrast"``);
+    * a public data set of :data:`glcl_core.data.fetch.DATASETS` (e.g. ``"Task05_Prostate"``): downloaded once into
+      the data cache (checksum verified) and read from there;
+    * a folder (Decathlon task, ACDC or plain NIfTI pairs), read and never written;
+    * a dict of data settings, passed through (e.g. ``{"path": "...", "channel": 1}``).
+    Raises :class:`glcl_core.data.DataError` naming the value when it is none of these."""
+    from glcl_core.data import DataError
+    from glcl_core.data.embedded import PRESETS
+    from glcl_core.data.fetch import DATASETS, fetch
+
+    if spec is None:
+        return {"embedded": default}
+    if isinstance(spec, dict):
+        return dict(spec)
+    text = str(spec).strip()
+    if text in PRESETS:
+        return {"embedded": text}
+    if text.lower() in {name.lower() for name in DATASETS}:
+        return {"path": str(fetch(text))}
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        return {"path": str(folder.resolve())}
+    raise DataError(f"data={spec!r}: not an embedded preset ({', '.join(PRESETS)}), a data set to fetch "
+                    f"({', '.join(DATASETS)}) or an existing folder")
+
     def __repr__(self) -> str:
         return f"ChapterRun(profile={self.profile!r}, seed={self.seed}, device={self.device})"
 
 
-def chapter_setup(profile: str | None = None, seed: int = 0, quiet: bool = False) -> ChapterRun:
-    """Resolve the profile (``None``: ``GLCL_PROFILE``, else ``gpu`` with CUDA, else ``cpu``), seed the random
-    generators, pick the device and build the profile's configuration."""
+def chapter_setup(profile: str | None = None, seed: int = 0, data: str | dict | None = None,
+                  quiet: bool = False) -> ChapterRun:
+    """Resolve the profile (``None``: ``GLCL_PROFILE``, else ``cpu``), seed the random generators, pick the device
+    and build the profile's configuration. ``data``: the chapter's data (:func:`data_settings`); ``run.cfg`` uses
+    it with the standard embedded preset as the default, and ``run.data(preset)`` gives it with another default."""
     profile = check_profile(profile) if profile else default_profile()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "glcl_core" / "numba"))
     _matplotlib_defaults()
-    run = ChapterRun(profile=profile, seed=seed, device=default_device(), cfg=make_config(profile, seed=seed))
+    run = ChapterRun(profile=profile, seed=seed, device=default_device(),
+                     cfg=make_config(profile, seed=seed, data=data_settings(data)), data_spec=data)
     if not quiet:
-        print(f"profile {profile} | device {run.device} | torch {torch.__version__} | seed {seed}")
+        where = "" if data is None else f" | data {run.cfg.data.path or run.cfg.data.embedded}"
+        print(f"profile {profile} | device {run.device} | torch {torch.__version__} | seed {seed}{where}")
     return run
 
 

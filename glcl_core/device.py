@@ -20,9 +20,12 @@ def default_device() -> torch.device:
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype for a device: bf16 where supported, fp16 on other GPUs, None (full fp32) on CPU."""
+    """Mixed-precision dtype for a device: bf16 on GPUs that compute it natively (compute capability 8 and up),
+    fp16 (with loss scaling) on older GPUs such as Colab's T4, None (full fp32) on CPU. ``is_bf16_supported()``
+    alone would also accept bf16 emulated in software on a T4, which runs without tensor cores."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 and torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
     return None

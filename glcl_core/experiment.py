@@ -49,7 +49,7 @@ def load_data(cfg: RunConfig) -> list[Volume]:
     else:
         path = Path(cfg.data.path)
     return load_volumes(path, spacing=cfg.data.spacing, size=cfg.data.size, channel=cfg.data.channel,
-                        n_partitions=cfg.data.n_partitions)
+                        n_partitions=cfg.data.n_partitions, frames=cfg.data.frames.split(","))
 
 
 def prepare_split(cfg: RunConfig, volumes: list[Volume] | None = None) -> Split:
@@ -71,9 +71,10 @@ def class_names_of(cfg: RunConfig) -> list[str] | None:
     meta = _dataset_json(cfg)
     if meta is None:
         return None
-    labels = meta.get("labels", {})
-    names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else None
-    return names if names and len(names) == cfg.model.n_classes else None
+    from glcl_core.data.io import label_names
+
+    labels = label_names(meta)  # {value: name}, MSD ({"0": "background"}) or nnU-Net v2 ({"background": 0}) style
+    return [labels.get(k, str(k)) for k in range(cfg.model.n_classes)] if labels else None
 
 
 def subject_metadata(cfg: RunConfig) -> dict[str, dict]:
@@ -171,16 +172,63 @@ def run_experiment(
     ``keep_weights=False`` deletes each cell's fine-tuned weights once it is scored, leaving only small text files
     (``results.csv``, ``experiment.json``, each cell's ``config.json`` and ``history.csv``): a grid folder that can be
     committed and resumed in another checkout.
+
+    The grid folder is locked while the grid runs: a second run on the same folder is refused with
+    :class:`~glcl_core.train.lock.RunLockedError` instead of recording cells twice.
     """
-    import pandas as pd
-
-    from glcl_core.train.loops import evaluate, finetune
-
     inits, n_labelled, seeds = list(inits), list(n_labelled), list(seeds)
     for init in inits:
         if init not in INITIALISATIONS:
             raise ValueError(f"unknown initialisation {init!r}; choose from {', '.join(INITIALISATIONS)}")
     out = Path(out)
+    # one process per grid folder: rank 0 locks it for the whole grid (finished cells are read under the lock, so
+    # two runs on one folder never record a cell twice: the second one is refused with RunLockedError)
+    lock = distributed.run_on_main(lambda: open_grid_dir(out))
+    try:
+        return _run_grid(cfg, out, inits, n_labelled, seeds, progress, log, pretrained, keep_weights)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def open_grid_dir(out: Path):
+    """Lock a grid folder (:class:`~glcl_core.train.lock.FolderLock`, returned held) and mark it as an experiment's.
+
+    A folder that is not empty and holds neither the marker nor an ``experiment.json`` (a grid made before the
+    marker existed) is refused before anything is written there, as is a stage's run folder."""
+    from glcl_core.train.checkpoint import (
+        NotARunFolderError, folder_kind, read_marker, remove_temporary_files, write_marker,
+    )
+    from glcl_core.train.lock import FolderLock
+
+    kind = folder_kind(out)
+    marker = read_marker(out) if kind == "marked" else None
+    if kind == "file":
+        raise NotARunFolderError(f"{out} is a file, not a grid folder; choose another --out")
+    if kind == "legacy" or (marker is not None and marker.get("stage") != "experiment"):
+        raise NotARunFolderError(f"{out} is a training run folder, not an experiment's grid folder; choose another --out")
+    if kind == "foreign" and not (out / "experiment.json").is_file():
+        raise NotARunFolderError(f"{out} is not empty and is not a glcl_core grid folder (no .glcl_run.json or "
+                                 "experiment.json): nothing was written there; choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out, what="experiment folder").acquire()
+    try:
+        remove_temporary_files(out)
+        if marker is None and not (out / "experiment.json").is_file():  # a new grid (an older one is left as is)
+            write_marker(out, "experiment")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _run_grid(cfg: RunConfig, out: Path, inits: list[str], n_labelled: list[int], seeds: list[int],
+              progress: bool | None, log, pretrained: Mapping[str, str | Path] | None, keep_weights: bool):
+    """The body of :func:`run_experiment`, with the grid folder locked."""
+    import pandas as pd
+
+    from glcl_core.train.loops import evaluate, finetune
+
     # under torchrun rank 0 owns the folder and the CSV; the other ranks train in lockstep and write nothing
     main = distributed.is_main()
     # the grid's Dice resolution (validation and test) is fixed when the grid is created: see _record_grid
@@ -238,6 +286,7 @@ def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[i
     for a new grid; a grid whose ``experiment.json`` predates the ``dice_resolution`` entry was scored on the
     preprocessed grid and keeps ``"resampled"``, so one CSV never mixes the two."""
     from glcl_core.checkpoints import sha256_of
+    from glcl_core.train.checkpoint import atomic_write_text
 
     given = {init: sha256_of(path) for init, path in sorted((pretrained or {}).items())}
     spec = {"config": json.loads(json.dumps(cfg.to_dict())), "inits": inits, "n_labelled": n_labelled, "seeds": seeds,
@@ -260,7 +309,7 @@ def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[i
         for key in ("inits", "n_labelled", "seeds"):
             spec[key] = list(dict.fromkeys(saved[key] + spec[key]))
         spec["dice_resolution"] = saved.get("dice_resolution", "resampled")
-    path.write_text(json.dumps(spec, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(spec, indent=2) + "\n")
     return spec["dice_resolution"]
 
 

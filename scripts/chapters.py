@@ -44,10 +44,11 @@ if "google.colab" in sys.modules:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "glcl-core[book] @ git+https://github.com/{REPOSITORY}"], check=True)'''
 PARAMETERS_SOURCE = '''profile = None  # "ci" (seconds), "cpu" (minutes), "gpu" (paper scale); None: $GLCL_PROFILE, else cpu (also on a GPU)
-seed = 0'''
+seed = 0
+data = None  # None: the chapter's embedded data; "standard", "varied", "multicontrast"; "Task05_Prostate" (fetched); a folder'''
 SETUP_SOURCE = '''from glcl_core.book import chapter_setup
 
-run = chapter_setup(profile, seed)'''
+run = chapter_setup(profile, seed, data)'''
 
 
 def parameters_source(meta: dict) -> str:
@@ -168,6 +169,9 @@ def _write(path: Path, nb: dict) -> None:
     import hashlib
 
     seen = set()
+    for c in nb["cells"]:  # the list-of-lines form papermill and Jupyter write: no diff noise between the two
+        if isinstance(c.get("source"), str):
+            c["source"] = c["source"].splitlines(keepends=True)
     for i, c in enumerate(nb["cells"]):
         if not c.get("id") or c["id"] in seen:  # stable ids: no diff noise between runs
             c["id"] = hashlib.sha1(f"{path.name}:{i}:{''.join(c.get('source', ''))}".encode()).hexdigest()[:8]

@@ -218,3 +218,30 @@ def test_cli_small_folder_needs_explicit_split(tmp_path, capsys):
                  "--out", str(tmp_path / "b")]) == 0
     assert "Split(pool=3, val=1, test=1)" in capsys.readouterr().out
     assert (tmp_path / "b" / "global" / "final.pt").is_file()
+
+
+def test_cli_paper_protocol_flags(tmp_path, monkeypatch):
+    """GLCL's ACDC protocol from the command line: ED frames, 1.367 mm, 20 test and 2 validation subjects, GLCL's
+    fine-tuning loss; `--data` also takes the name of a data set to fetch."""
+    import sys as _sys
+
+    from glcl_core.__main__ import FINETUNE_LOSSES, _config, build_parser
+    from glcl_core.train.loops import SEGMENTATION_LOSSES
+
+    assert set(FINETUNE_LOSSES) == set(SEGMENTATION_LOSSES)
+    (tmp_path / "acdc").mkdir()
+    args = build_parser().parse_args(
+        ["experiment", "--profile", "gpu", "--data", str(tmp_path / "acdc"), "--frames", "ED", "--spacing", "1.367",
+         "--n-test", "20", "--n-val", "2", "--finetune-loss", "glcl", "--n-classes", "4"])
+    cfg = _config(args)
+    assert (cfg.data.frames, cfg.data.spacing, cfg.data.n_test, cfg.data.n_val, cfg.finetune.loss) == (
+        "ED", 1.367, 20, 2, "glcl")
+    assert _config(build_parser().parse_args(["pretrain", "--profile", "ci"])).data.frames == "ED,ES"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["pretrain", "--spacing", "0"])
+    fetched = tmp_path / "cache" / "Task05_Prostate"
+    fetched.mkdir(parents=True)
+    monkeypatch.setattr(_sys.modules["glcl_core.data.fetch"], "fetch", lambda name: fetched)
+    monkeypatch.chdir(tmp_path)  # no folder called Task05_Prostate here
+    args = build_parser().parse_args(["pretrain", "--profile", "ci", "--data", "Task05_Prostate", "--n-classes", "3"])
+    assert _config(args).data.path == str(fetched)

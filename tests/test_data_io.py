@@ -711,7 +711,9 @@ def test_split_of_one_volume_per_subject_is_the_plain_volume_split():
     from glcl_core.data.split import split_volumes
     from glcl_core.data.volume import Volume
 
-    volumes = [Volume(f"v{i}", np.zeros((2, 4, 4), np.float32), None, (1.0, 1.0, 1.0)) for i in range(9)]
+    # labelled: validation and test take labelled volumes only (tests/test_data_bad_input.py)
+    volumes = [Volume(f"v{i}", np.zeros((2, 4, 4), np.float32), np.zeros((2, 4, 4), np.int64), (1.0, 1.0, 1.0))
+               for i in range(9)]
     for seed in (0, 3):
         order = np.random.default_rng(seed).permutation(9)
         split = split_volumes(volumes, n_test=3, n_val=2, seed=seed)

@@ -181,7 +181,9 @@ def test_torchrun_pretrain_writes_one_run_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [p.name for p in out.iterdir()] == ["global"]
     run = out / "global"
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "final.pt", "history.csv", "last.pt"]
+    # the marker of a glcl_core run folder, written by rank 0 only; its lock is released
+    assert sorted(p.name for p in run.iterdir()) == [".glcl_run.json", "config.json", "final.pt", "history.csv",
+                                                    "last.pt"]
     last, final = load_checkpoint(run / "last.pt"), load_checkpoint(run / "final.pt")
     assert last["step"] == make_config("ci").global_.iterations == 4
     assert [row["step"] for row in last["history"]] == [1, 2, 3, 4]  # steps 1-2 kept from the first launch

@@ -478,3 +478,16 @@ def test_default_profile_never_picks_paper_scale(monkeypatch):
     assert profiles.default_profile() == "cpu"
     monkeypatch.setenv("GLCL_PROFILE", "gpu")
     assert profiles.default_profile() == "gpu"
+
+
+def test_autocast_dtype_avoids_emulated_bf16(monkeypatch):
+    """A T4 (compute capability 7.5) reports bf16 as supported through emulation: it gets fp16, an A100 bf16."""
+    from glcl_core.device import autocast_dtype
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    assert autocast_dtype(cuda) == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    assert autocast_dtype(cuda) == torch.bfloat16
+    assert autocast_dtype(torch.device("cpu")) is None

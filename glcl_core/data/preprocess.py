@@ -233,6 +233,10 @@ def resample_image(
     row_block = max(1, int(spacing_out[0] / spacing_in[0] + 1e-6))
     col_block = max(1, int(spacing_out[1] / spacing_in[1] + 1e-6))
     h_mid, w_mid = h_in // row_block, w_in // col_block
+    if h_mid < 1 or w_mid < 1:  # the whole input is less than one output pixel (the loader rejects this earlier)
+        raise DataError(f"{source}: in-plane size {h_in} x {w_in} voxels of {spacing_in[0]:.3g} x "
+                        f"{spacing_in[1]:.3g} mm is smaller than one output pixel ({spacing_out[0]:.3g} x "
+                        f"{spacing_out[1]:.3g} mm): a thin slab or an implausible voxel size")
     r0, r1, rw = linear_weights((rows - (row_block - 1) / 2.0) / row_block, h_mid)
     c0, c1, cw = linear_weights((cols - (col_block - 1) / 2.0) / col_block, w_mid)
     sigma_rows = max(0.0, (spacing_out[0] / (spacing_in[0] * row_block) - 1.0) / 2.0)

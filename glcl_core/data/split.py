@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glcl_core.data.volume import Volume
+from glcl_core.data.volume import DataError, Volume
 
 
 @dataclass
@@ -31,7 +31,12 @@ def split_volumes(volumes: list[Volume], n_test: int, n_val: int, seed: int = 0)
     """A fixed random split **by subject**: all volumes of one subject land in the same set, so no test subject is
     seen, even as another frame, in pre-training or fine-tuning. ``n_test`` and ``n_val`` count subjects (the same
     as volumes when every subject has one volume, and then the split is the plain volume split of earlier versions).
-    Raises ValueError when there are too few subjects to keep at least one in the pool."""
+
+    Validation and test sets need labels: a subject with an unlabelled volume always goes to the pool (its images
+    still serve pre-training), and the test and validation subjects are drawn from the labelled ones. When every
+    volume is labelled this is the same split as before. Raises ValueError when there are too few subjects to keep
+    at least one in the pool, and DataError (a ValueError) when fewer labelled subjects exist than
+    ``n_test + n_val``."""
     if n_test < 0 or n_val < 0:
         raise ValueError("n_test and n_val must be >= 0")
     subjects = list(dict.fromkeys(subject_of(v) for v in volumes))  # in order of first appearance
@@ -40,13 +45,25 @@ def split_volumes(volumes: list[Volume], n_test: int, n_val: int, seed: int = 0)
         raise ValueError(
             f"{len(subjects)} {unit} cannot be split into {n_test} test, {n_val} validation and >= 1 training"
         )
-    order = np.random.default_rng(seed).permutation(len(subjects))
+    unlabelled = {subject_of(v) for v in volumes if v.label is None}
+    eligible = [i for i, s in enumerate(subjects) if s not in unlabelled]  # may go to validation / test
+    if len(eligible) < n_test + n_val:
+        unit = "volumes" if len(subjects) == len(volumes) else "subjects"
+        n_unlabelled = sum(v.label is None for v in volumes)
+        raise DataError(
+            f"{len(eligible)} labelled {unit} ({n_unlabelled} of {len(volumes)} volumes have no label), but "
+            f"{n_test} test + {n_val} validation = {n_test + n_val} labelled {unit} are needed: unlabelled volumes "
+            f"only join the training pool; add labels or lower n_test / n_val (--n-test / --n-val)"
+        )
+    order = [eligible[i] for i in np.random.default_rng(seed).permutation(len(eligible))]
+    held_out = set(order[:n_test + n_val])
 
     def volumes_of(indices) -> list[Volume]:
         chosen = {subjects[i] for i in indices}
         return [v for v in volumes if subject_of(v) in chosen]  # the input order, as before
 
-    return Split(pool=volumes_of(order[n_test + n_val:]), val=volumes_of(order[n_test:n_test + n_val]),
+    pool = [i for i in range(len(subjects)) if i not in held_out]
+    return Split(pool=volumes_of(pool), val=volumes_of(order[n_test:n_test + n_val]),
                  test=volumes_of(order[:n_test]))
 
 

@@ -34,6 +34,7 @@ class DataConfig:
     size: int = 96  # in-plane pixels (H = W)
     n_partitions: int = 4
     channel: int = 0  # for multi-channel Decathlon images
+    frames: str = "ED,ES"  # ACDC: the cardiac frames loaded, "ED", "ES" or both (GLCL used ED); other layouts: unused
     n_test: int = 6
     n_val: int = 2
     split_seed: int = 0
@@ -299,7 +300,23 @@ def make_config(profile: str | None = None, seed: int = 0, preset: str | None = 
         if not isinstance(values, dict):
             raise TypeError(f"override for {part!r} must be a dict of fields, got {type(values).__name__}")
         _update(cfg, part, values)
+    if cfg.data.path is not None and "n_classes" not in overrides.get("model", {}):
+        _classes_from_data(cfg)
     return cfg
+
+
+def _classes_from_data(cfg: RunConfig) -> None:
+    """A user's data set decides the number of classes (dataset.json labels, else the largest label + 1), unless
+    ``model.n_classes`` is given. Unreadable data keep the default here: loading it reports the file."""
+    from glcl_core.data import DataError
+    from glcl_core.data.io import count_classes
+
+    try:
+        n_classes = count_classes(cfg.data.path, frames=cfg.data.frames.split(","))
+    except (DataError, OSError):
+        return
+    if n_classes is not None:
+        cfg.model.n_classes = max(2, n_classes)
 
 
 def _update(cfg: RunConfig, part: str, values: dict[str, Any]) -> None:

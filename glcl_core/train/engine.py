@@ -59,6 +59,20 @@ class GeneratorState:
             self.generator.manual_seed(seed + r)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (a ``KeyboardInterrupt``) during a training loop, with where it stopped.
+
+    ``step``: steps completed; ``checkpoint_step``: the step of the run folder's ``last.pt`` (the one a resumed run
+    continues from; 0 when none was written); ``out``: the run folder (None for an in-memory run)."""
+
+    def __init__(self, step: int, checkpoint_step: int, out: Path | None, desc: str = ""):
+        super().__init__(f"{desc}: interrupted at step {step}" if desc else f"interrupted at step {step}")
+        self.step, self.checkpoint_step, self.out, self.desc = step, checkpoint_step, out, desc
+
+    def __reduce__(self):
+        return (type(self), (self.step, self.checkpoint_step, self.out, self.desc))
+
+
 @dataclass
 class LoopResult:
     history: list[dict[str, Any]]
@@ -91,12 +105,17 @@ def run_loop(
         progress: True/False: a progress bar or none; None: a bar in a notebook or terminal only; ``"lines"``:
             one printed line per logged step (for logs, e.g. the command line outside a terminal).
         on_checkpoint / on_restore: extra state of the stage (e.g. the best validation weights).
+
+    Ctrl-C (``KeyboardInterrupt``) inside the loop is raised again as :class:`TrainingInterrupted`, which says how
+    many steps were done and the step of the last checkpoint; ``last.pt`` stays the last complete checkpoint
+    (checkpoints are written atomically), so ``resume=True`` continues from it.
     """
     history: list[dict[str, Any]] = []
     start = 0
     last = out / "last.pt" if out is not None else None
     writer = distributed.is_main()  # under torchrun only rank 0 touches the run folder
     ckpt = None
+    progress_state = {"done": 0, "saved": 0}  # steps completed, step of last.pt (for TrainingInterrupted)
     if resume and last is not None:
         ckpt = distributed.broadcast_object(load_checkpoint(last) if writer and last.exists() else None)
     if ckpt is not None:
@@ -104,6 +123,7 @@ def run_loop(
             obj.load_state_dict(ckpt["state"][key])
         history = list(ckpt["history"])
         start = int(ckpt["step"])
+        progress_state.update(done=start, saved=start)
         if on_restore is not None:
             on_restore(ckpt.get("extra", {}))
 
@@ -118,15 +138,34 @@ def run_loop(
         }
         if writer:
             save_checkpoint(last, state)
+            progress_state["saved"] = steps_done
             write_history(out / "history.csv", history)
 
     lines = progress == "lines" and writer
     bar = _progress_bar(total=iterations, initial=start, desc=desc,
                         enabled=(progress if not lines else False) if writer else False)
     t_start = time.perf_counter()
+    try:
+        _steps(step, range(start, iterations), iterations, history, save, bar, lines, desc, images_per_step,
+               log_every, checkpoint_every, progress_state)
+    except KeyboardInterrupt as err:
+        if bar is not None:
+            bar.close()
+        if isinstance(err, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(progress_state["done"], progress_state["saved"], out, desc) from err
+    if bar is not None:
+        bar.close()
+    return LoopResult(history=history, steps_done=iterations, seconds=time.perf_counter() - t_start)
+
+
+def _steps(step, indices, iterations, history, save, bar, lines, desc, images_per_step, log_every,
+           checkpoint_every, state) -> None:
+    """The loop of :func:`run_loop`; it counts completed steps in ``state["done"]``."""
     t_window, images_window = time.perf_counter(), 0
-    for i in range(start, iterations):
+    for i in indices:
         metrics = step(i)
+        state["done"] = i + 1
         images_window += images_per_step
         if (i + 1) % log_every == 0 or i + 1 == iterations:
             now = time.perf_counter()
@@ -146,9 +185,6 @@ def run_loop(
             bar.update(1)
         if (i + 1) % checkpoint_every == 0 or i + 1 == iterations:
             save(i + 1)
-    if bar is not None:
-        bar.close()
-    return LoopResult(history=history, steps_done=iterations, seconds=time.perf_counter() - t_start)
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool | None):

@@ -2,7 +2,9 @@
 
 Data flows one way: volumes -> sampler (CPU) -> batch on the device -> paired views -> model -> head -> loss.
 Each stage function returns a :class:`StageResult` with the trained modules and a history table, and (when ``out``
-is given) leaves a run folder with ``config.json``, ``history.csv`` and checkpoints.
+is given) leaves a run folder with ``config.json``, ``history.csv`` and checkpoints. The folder is marked as
+glcl_core's (``.glcl_run.json``) and locked while the stage runs; see :mod:`glcl_core.train.checkpoint` for which
+folders are written, resumed or replaced.
 
 Under ``torchrun`` (:mod:`glcl_core.distributed`) the same functions train data-parallel: each rank draws its part
 of the global batch, the trained modules are wrapped in DistributedDataParallel with batch norm over the global
@@ -34,7 +36,7 @@ from glcl_core.contrastive.health import chance_level
 from glcl_core.losses import masked_info_nce
 from glcl_core.strategies import GLOBAL_REDUCTION, global_masks, local_loss
 from glcl_core.train.monitor import CollapseWatch, GlobalMonitor, LocalMonitor
-from glcl_core.train.checkpoint import load_checkpoint, prepare_run_dir, save_checkpoint
+from glcl_core.train.checkpoint import load_checkpoint, open_run_dir, prepare_run_dir, save_checkpoint
 from glcl_core.train.config import GLOBAL_STRATEGIES, LOCAL_STRATEGIES, GlobalConfig, LocalConfig, RunConfig
 from glcl_core.train.engine import GeneratorState, run_loop
 
@@ -71,12 +73,36 @@ def _seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed + 1_000_003 + 7_919 * distributed.rank())
 
 
-def _run_dir(out: str | Path | None, cfg: RunConfig, resume: bool, overwrite: bool) -> Path | None:
-    """The run folder, prepared by rank 0 only (its errors are raised on every rank); the same path on all ranks."""
+def _run_dir(out: str | Path | None, cfg: RunConfig, resume: bool, overwrite: bool,
+             stage: str | None = None) -> Path | None:
+    """The run folder, prepared by rank 0 only (its errors are raised on every rank); the same path on all ranks.
+    Not locked beyond its preparation: the stages use :func:`_run_folder`."""
     if out is None:
         return None
-    distributed.run_on_main(lambda: prepare_run_dir(out, cfg, resume, overwrite))
+    distributed.run_on_main(lambda: prepare_run_dir(out, cfg, resume, overwrite, stage=stage))
     return Path(out)
+
+
+@contextlib.contextmanager
+def _run_folder(out: str | Path | None, cfg: RunConfig, resume: bool, overwrite: bool,
+                stage: str) -> Iterator[Path | None]:
+    """The run folder for the duration of a stage: prepared and locked by rank 0 only (its errors are raised on
+    every rank; the other ranks never touch the lock, so none waits for it), released when the stage ends, also
+    on an exception or Ctrl-C. A fresh run that fails before its first checkpoint leaves no run folder behind
+    (:class:`~glcl_core.train.checkpoint.RunFolder`)."""
+    if out is None:
+        yield None
+        return
+    held = distributed.run_on_main(lambda: open_run_dir(out, cfg, resume, overwrite, stage=stage))
+    failed = False
+    try:
+        yield Path(out)
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if held is not None:
+            held.close(failed=failed)
 
 
 def _save_final(out_dir: Path | None, state: dict[str, Any]) -> Path | None:
@@ -288,8 +314,13 @@ def pretrain_global(
     if g.strategy not in GLOBAL_STRATEGIES:
         raise ValueError(f"unknown global strategy {g.strategy!r}; choose one of {', '.join(GLOBAL_STRATEGIES)}")
     device = torch.device(device) if device is not None else default_device()
-    out_dir = _run_dir(out, cfg, resume, overwrite)
+    with _run_folder(out, cfg, resume, overwrite, "global") as out_dir:
+        return _pretrain_global(cfg, volumes, out_dir, resume, device, progress, val)
 
+
+def _pretrain_global(cfg: RunConfig, volumes: list[Volume], out_dir: Path | None, resume: bool,
+                     device: torch.device, progress: bool | str | None, val: list[Volume] | None) -> StageResult:
+    g = cfg.global_
     aug_gen = _seed_everything(cfg.seed)
     model = build_model(cfg).to(device)
     c, h, w = model.bottleneck_shape
@@ -473,8 +504,14 @@ def pretrain_local(
     if lc.strategy not in LOCAL_STRATEGIES:
         raise ValueError(f"unknown local strategy {lc.strategy!r}; choose one of {', '.join(LOCAL_STRATEGIES)}")
     device = torch.device(device) if device is not None else default_device()
-    out_dir = _run_dir(out, cfg, resume, overwrite)
+    with _run_folder(out, cfg, resume, overwrite, "local") as out_dir:
+        return _pretrain_local(cfg, volumes, init, out_dir, resume, device, progress, val)
 
+
+def _pretrain_local(cfg: RunConfig, volumes: list[Volume], init: "StageResult | dict | str | Path",
+                    out_dir: Path | None, resume: bool, device: torch.device, progress: bool | str | None,
+                    val: list[Volume] | None) -> StageResult:
+    lc = cfg.local
     aug_gen = _seed_everything(cfg.seed)
     model = build_model(cfg)
     state, _ = _init_state(init)
@@ -601,8 +638,15 @@ def finetune(
         if int(v.label.max()) >= cfg.model.n_classes:
             raise ValueError(f"{v.source or v.name}: label {int(v.label.max())} >= n_classes={cfg.model.n_classes}")
     device = torch.device(device) if device is not None else default_device()
-    out_dir = _run_dir(out, cfg, resume, overwrite)
+    with _run_folder(out, cfg, resume, overwrite, "finetune") as out_dir:
+        return _finetune(cfg, labelled, val, init, init_parts, out_dir, resume, device, progress, val_resolution)
 
+
+def _finetune(cfg: RunConfig, labelled: list[Volume], val: list[Volume],
+              init: "StageResult | dict | str | Path | None", init_parts: tuple[str, ...] | None,
+              out_dir: Path | None, resume: bool, device: torch.device, progress: bool | str | None,
+              val_resolution: str) -> StageResult:
+    fc = cfg.finetune
     aug_gen = _seed_everything(cfg.seed)
     model = build_model(cfg)
     loaded: list[str] = []
@@ -749,7 +793,8 @@ def evaluate(model: UNet, volumes: list[Volume], device: torch.device | str | No
         pandas.DataFrame with one row per volume and foreground class; ``resolution`` says which grid each row's
         Dice was computed on (``"native"`` or ``"resampled"``), and ``table.attrs["resolution"]`` is that value
         for the whole table (``"mixed"`` when volumes differ). Dice is NaN for a class absent from both prediction
-        and reference.
+        and reference of one volume; a class absent from every volume's reference and prediction (e.g. declared
+        but not in this data set) has no rows at all.
     """
     import pandas as pd
 
@@ -777,6 +822,8 @@ def evaluate(model: UNet, volumes: list[Volume], device: torch.device | str | No
             name = class_names[k] if class_names else str(k)
             rows.append({"volume": v.name, "class": name, "dice": float(scores[k]), "resolution": used})
     table = pd.DataFrame(rows, columns=["volume", "class", "dice", "resolution"])
+    seen = table.groupby("class", sort=False)["dice"].transform("count") > 0  # classes with any defined Dice
+    table = table[seen].reset_index(drop=True)
     used_all = set(table["resolution"])
     table.attrs["resolution"] = used_all.pop() if len(used_all) == 1 else ("mixed" if used_all else resolution)
     return table

@@ -253,17 +253,18 @@ def _colour_values(meta: pd.DataFrame, by: str):
         palette = partition_colours(int(parts.max()) + 1)
         handles = [Line2D([], [], ls="", marker="o", color=palette[s], label=f"P{s}") for s in np.unique(parts)]
         return palette[parts], handles, None
-    if by == "volume":
-        names = meta["volume"].astype(str).to_numpy()
+    if by == "position":
+        cmap = colormaps["plasma"]
+        return cmap(meta["position"].to_numpy()), None, cmap
+    if by in meta.columns:  # "volume", or any other categorical column (e.g. a subject's contrast family)
+        names = meta[by].astype(str).to_numpy()
         unique = list(dict.fromkeys(names))
         cmap = colormaps["tab10" if len(unique) <= 10 else "tab20"]
         lookup = {u: cmap(i % cmap.N) for i, u in enumerate(unique)}
         handles = [Line2D([], [], ls="", marker="o", color=lookup[u], label=u) for u in unique]
         return np.array([lookup[u] for u in names]), handles, None
-    if by == "position":
-        cmap = colormaps["plasma"]
-        return cmap(meta["position"].to_numpy()), None, cmap
-    raise ValueError(f"colour_by entries must be 'partition', 'volume' or 'position', got {by!r}")
+    raise ValueError(f"colour_by entries must be 'partition', 'position' or a column of the metadata "
+                     f"({', '.join(meta.columns)}), got {by!r}")
 
 
 def plot_umap(layouts: Mapping[str, np.ndarray] | np.ndarray, metadata: pd.DataFrame,
@@ -275,8 +276,8 @@ def plot_umap(layouts: Mapping[str, np.ndarray] | np.ndarray, metadata: pd.DataF
         layouts: ``name -> (N, 2)`` (e.g. :func:`~glcl_core.analysis.umap_2d` of each encoder's embeddings of the
             same slices) or a single ``(N, 2)`` array.
         metadata: the slices' table (from :func:`~glcl_core.analysis.embed_slices`).
-        colour_by: ``"partition"`` (ordinal palette), ``"volume"`` (categorical) and/or ``"position"``
-            (continuous, with a colour bar).
+        colour_by: ``"partition"`` (ordinal palette), ``"position"`` (continuous, with a colour bar) and/or
+            ``"volume"`` or any other column of ``metadata`` (categorical, e.g. a subject's contrast family).
         scores: optional table indexed by encoder name; its ``partition_accuracy`` / ``position_error`` are
             added to the panel titles.
         max_cols: panels per row; more encoders wrap onto further rows, so that titles and legends stay legible
