@@ -120,7 +120,7 @@ def pretrained_weights(cfg: RunConfig, inits, out: str | Path, retrain: bool = F
     stage is reused), as :func:`glcl_core.experiment.run_experiment` does.
     """
     from glcl_core import checkpoints
-    from glcl_core.experiment import prepare_split, pretrain
+    from glcl_core.experiment import open_grid_dir, prepare_split, pretrain
 
     wanted = [i for i in inits if i != "random"]
     if not retrain:
@@ -131,4 +131,11 @@ def pretrained_weights(cfg: RunConfig, inits, out: str | Path, retrain: bool = F
         except checkpoints.CheckpointError as err:
             log(f"no matching shipped checkpoint, pre-training instead: {err}")
     split = prepare_split(cfg)
-    return {init: pretrain(init, cfg, split.pool, Path(out), progress=False, val=split.val).checkpoint for init in wanted}
+    # ``out`` is the chapter's grid folder: claim it as one (marker, lock) before pre-training into out/pretrain,
+    # so that run_experiment(cfg, out, ...) afterwards finds its own folder
+    lock = open_grid_dir(Path(out))
+    try:
+        return {init: pretrain(init, cfg, split.pool, Path(out), progress=False, val=split.val).checkpoint
+                for init in wanted}
+    finally:
+        lock.release()

@@ -125,6 +125,9 @@ def test_chapter_weights_use_shipped_ones_or_pretrain(shipped, tmp_path):
     # retrain: pre-trained here, in the grid's layout
     found = pretrained_weights(make_config("ci"), ["GD"], tmp_path, retrain=True, folder=folder, log=said.append)
     assert found["GD"] == tmp_path / "pretrain" / "GD" / "final.pt" and found["GD"].is_file()
+    from glcl_core.experiment import open_grid_dir
+
+    open_grid_dir(tmp_path).release()  # still a grid folder: the chapter's run_experiment(cfg, out) can follow
     # no shipped checkpoint with these settings: says why and pre-trains
     other = make_config("ci", global_={"temperature": 0.5})
     found = pretrained_weights(other, ["GD"], tmp_path / "other", folder=folder, log=said.append)
