@@ -1,6 +1,7 @@
 """Command line: ``python -m glcl_core <command>``.
 
-Errors from bad arguments or paths print one line and exit with code 2 (no traceback).
+Errors from bad arguments or paths (and files given as checkpoints that are not ones) print one line and exit with
+code 2 (no traceback); a full disk prints one line naming the file and exits with code 1.
 
 Several GPUs or machines: launch the same command with ``torchrun``, e.g.
 ``torchrun --nproc-per-node 4 -m glcl_core pretrain --profile gpu --data PATH --out runs/pre``; rank 0 prints and
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 import time
@@ -29,6 +31,27 @@ FINETUNE_LOSSES = ("dice+ce", "dice", "glcl")  # glcl_core.train.loops.SEGMENTAT
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+PRETRAINING_STAGES = ("global", "local")
+
+
+def _checked_checkpoint(path: Path, purpose: str) -> dict:
+    """Read ``path`` (``load_checkpoint``: a one-line CheckpointFormatError when it is not a checkpoint) before any
+    data is read or anything is written; for ``evaluate``, refuse a pre-training checkpoint."""
+    from glcl_core.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if purpose == "evaluate":
+        stage = ckpt.get("stage")
+        if stage in PRETRAINING_STAGES:
+            raise CLIError(f"--checkpoint {path}: is a pre-training checkpoint ({stage} stage), it has no fine-tuned "
+                           f"segmentation head to evaluate; fine-tune it first: python -m glcl_core finetune --init "
+                           f"{path} ... then evaluate that run's final.pt")
+    if "model" not in ckpt:
+        flag = "--checkpoint" if purpose == "evaluate" else "--init"
+        raise CLIError(f"{flag} {path}: holds no 'model' weights (a run's last.pt? give its final.pt)")
+    return ckpt
 
 
 def _existing(path: str) -> Path:
@@ -217,6 +240,8 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
     if args.iterations:
         overrides["finetune"]["iterations"] = args.iterations
     init = _existing(args.init) if args.init else None
+    if init is not None:
+        _checked_checkpoint(init, "finetune")  # a file that is not a checkpoint fails now, not after the data
     cfg = _config(args, **overrides)
     out = Path(args.out or f"runs/finetune-n{args.n_labelled}-s{args.seed}")
     _check_out(args, out)
@@ -235,17 +260,16 @@ def _cmd_finetune(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from glcl_core.experiment import class_names_of, prepare_split
     from glcl_core.distributed import is_main
-    from glcl_core.train.checkpoint import load_checkpoint
     from glcl_core.train.loops import build_model, evaluate
 
     ckpt_path = _existing(args.checkpoint)
     if args.out:
         _check_out(args, Path(args.out), folder_out=False)
         _check_scores_file(Path(args.out))
+    ckpt = _checked_checkpoint(ckpt_path, "evaluate")  # before any data is read
     if not is_main():  # nothing to share out: rank 0 evaluates
         return
     cfg = _config(args)
-    ckpt = load_checkpoint(ckpt_path)
     model = build_model(cfg)
     try:
         model.load_state_dict(ckpt["model"])
@@ -462,9 +486,18 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.is_main():
             print(_interrupted_message(err, args, argv), file=sys.stderr, flush=True)
         return 130
-    except ValueError as err:  # configuration problems (too few volumes, unknown fields, ...)
+    except ValueError as err:  # configuration problems (too few volumes, unknown fields, ...), not a checkpoint
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk: one line naming the file (atomic writes leave the old file as it was)
+        if err.errno != errno.ENOSPC:
+            raise
+        from glcl_core.train.checkpoint import DiskFullError
+
+        text = str(err) if isinstance(err, DiskFullError) else \
+            f"{err.filename or 'a file'}: could not write it, no space left on device (ENOSPC)"
+        print(f"error: {text}", file=sys.stderr)
+        return 1
     finally:
         if quiet is not None:
             quiet.close()

@@ -132,3 +132,99 @@ def test_chapter_weights_use_shipped_ones_or_pretrain(shipped, tmp_path):
     other = make_config("ci", global_={"temperature": 0.5})
     found = pretrained_weights(other, ["GD"], tmp_path / "other", folder=folder, log=said.append)
     assert found["GD"].is_file() and "global_.temperature: shipped 0.1, asked 0.5" in said[-1]
+
+
+# ------------------------------------------------------------------------------ files that are not checkpoints
+import errno  # noqa: E402
+import os  # noqa: E402
+import pickle  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from glcl_core.train import checkpoint as ckpt_mod  # noqa: E402
+from glcl_core.train.checkpoint import CheckpointFormatError, DiskFullError, load_checkpoint  # noqa: E402
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _csv(path):
+    path.write_text("volume,class,dice\ncase_00,1,0.5\n")
+
+
+def _pickle(path):
+    with open(path, "wb") as fh:
+        pickle.dump({"a": 1}, fh)
+
+
+def _numpy_inside(path):
+    torch.save({"model": np.zeros(3)}, path)
+
+
+def _a_list(path):
+    torch.save([1, 2, 3], path)
+
+
+def _truncated(path):
+    ckpt_mod.save_checkpoint(path, {"model": {"w": torch.zeros(4)}, "stage": "finetune"})
+    path.write_bytes(path.read_bytes()[:300])
+
+
+@pytest.mark.parametrize("make, says", [
+    (_empty, "is empty (0 bytes), not a checkpoint"),
+    (_csv, "is a text file (first line: 'volume,class,dice'), not a checkpoint"),
+    (_pickle, "is not a PyTorch checkpoint (zip archive)"),
+    (_numpy_inside, "is a PyTorch file but not a glcl_core checkpoint (it holds a numpy"),
+    (_a_list, "is a PyTorch file holding a list, not a glcl_core checkpoint"),
+    (_truncated, "is a damaged or truncated PyTorch checkpoint"),
+])
+def test_files_that_are_not_checkpoints_are_named_in_one_line(tmp_path, make, says):
+    path = tmp_path / "model.pt"
+    make(path)
+    with pytest.raises(CheckpointFormatError) as err:
+        load_checkpoint(path)
+    text = str(err.value)
+    assert isinstance(err.value, ValueError) and text.startswith(f"{path}: ") and says in text, text
+    assert "\n" not in text and "weights_only=False" not in text and "weights_only" not in text
+    assert err.value.__cause__ is None  # torch's own message (which suggests weights_only=False) is not chained
+
+
+def test_legacy_and_current_torch_files_still_load(tmp_path):
+    state = {"model": {"w": torch.ones(2)}, "stage": "global"}
+    torch.save(state, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    ckpt_mod.save_checkpoint(tmp_path / "new.pt", state)
+    for name in ("old.pt", "new.pt"):
+        ckpt = load_checkpoint(tmp_path / name)
+        assert ckpt["stage"] == "global" and torch.equal(ckpt["model"]["w"], torch.ones(2))
+
+
+# ------------------------------------------------------------------------------------------------- full disk
+def full_disk(monkeypatch) -> None:
+    """os.write raises ENOSPC for the temporary files of atomic writes (``.NAME.XXXX.tmp``), as on a full disk."""
+    real = os.write
+
+    def write(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+@pytest.mark.parametrize("write", [
+    lambda path: ckpt_mod.atomic_write_text(path, "new\n"),
+    lambda path: ckpt_mod.save_checkpoint(path, {"model": {"w": torch.zeros(3)}}),
+    lambda path: ckpt_mod.write_history(path, [{"step": 1, "loss": 0.5}]),
+])
+def test_full_disk_is_one_line_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch, write):
+    path = tmp_path / "last.pt"
+    path.write_text("old\n")
+    full_disk(monkeypatch)
+    with pytest.raises(DiskFullError) as err:
+        write(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and "no space left on device (ENOSPC)" in text and "\n" not in text
+    assert err.value.errno == errno.ENOSPC and isinstance(err.value, OSError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"] and path.read_text() == "old\n"
+

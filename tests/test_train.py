@@ -360,7 +360,7 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
         assert written.stat().st_mode & 0o777 == 0o666 & ~umask
     (tmp_path / "m.json").unlink()
     path.write_bytes(path.read_bytes()[:20])  # truncated
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match="is a damaged or truncated PyTorch checkpoint"):
         ckpt_mod.load_checkpoint(path)
 
     class Evil:
@@ -368,8 +368,9 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
             return (print, ("code ran",))
 
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a glcl_core checkpoint") as err:
         ckpt_mod.load_checkpoint(tmp_path / "evil.pt")
+    assert "weights_only" not in str(err.value)
 
 
 def test_segmentation_loss_glcl_is_per_image_dice_with_background():
