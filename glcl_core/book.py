@@ -35,6 +35,9 @@ class ChapterRun:
         :func:`data_settings`), or the embedded preset ``default`` the chapter was written for."""
         return data_settings(self.data_spec, default)
 
+    def __repr__(self) -> str:
+        return f"ChapterRun(profile={self.profile!r}, seed={self.seed}, device={self.device})"
+
 
 def data_settings(spec: str | dict | None, default: str = "standard") -> dict:
     """What a chapter's ``data`` parameter names, as the ``data`` part of a configuration:
@@ -64,9 +67,6 @@ def data_settings(spec: str | dict | None, default: str = "standard") -> dict:
         return {"path": str(folder.resolve())}
     raise DataError(f"data={spec!r}: not an embedded preset ({', '.join(PRESETS)}), a data set to fetch "
                     f"({', '.join(DATASETS)}) or an existing folder")
-
-    def __repr__(self) -> str:
-        return f"ChapterRun(profile={self.profile!r}, seed={self.seed}, device={self.device})"
 
 
 def chapter_setup(profile: str | None = None, seed: int = 0, data: str | dict | None = None,
