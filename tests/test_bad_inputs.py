@@ -6,13 +6,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import pickle
 from pathlib import Path
 
 import pytest
 
 from glcl_core.__main__ import main
 from glcl_core.train import checkpoint as ckpt_mod
+from test_checkpoints import _csv, _empty, _pickle  # the same bad files the loader tests use
 from test_data_bad_input import huge_header, make_task, save, scan, set_training_entry
 
 
@@ -79,19 +79,6 @@ def _finetune_init(make_checkpoint):
         make_checkpoint(ckpt)
         return ["finetune", "--profile", "ci", "--data", str(good), "--init", str(ckpt), "--out", str(runs / "ft")]
     return build
-
-
-def _empty(path):
-    path.write_bytes(b"")
-
-
-def _csv(path):
-    path.write_text("volume,class,dice\ncase_0,1,0.5\n")
-
-
-def _pickle(path):
-    with open(path, "wb") as fh:
-        pickle.dump({"a": 1}, fh)
 
 
 def _pretraining(stage):
