@@ -228,7 +228,7 @@ _UMAP_CHILD = """
 import sys, time, numpy as np
 clock = getattr(time, sys.argv[1])
 start = clock()
-from glcl_core.analysis import umap_2d
+from glcl_core.analysis.embeddings import umap_2d
 umap_2d(np.random.default_rng(0).normal(size=(300, 32)).astype("float32"))
 first = clock() - start
 start = clock()

@@ -41,7 +41,7 @@ from glcl_core import distributed  # noqa: E402
 from glcl_core.batch import Batch  # noqa: E402
 from glcl_core.experiment import prepare_split  # noqa: E402
 from glcl_core.samplers import LabelledSliceSampler, PartitionSampler, RandomSliceSampler  # noqa: E402
-from glcl_core.train import loops  # noqa: E402
+from glcl_core.train import finetuning, pretrain_step, stages  # noqa: E402
 
 WORLD = 2
 
@@ -51,7 +51,7 @@ def _loss_call(stage: str, cfg, split):
     through the training loops' own loss functions (gathers included when distributed)."""
     r, w = distributed.rank(), distributed.world_size()
     gen = torch.Generator().manual_seed(0)
-    model = loops.build_model(cfg)
+    model = stages.build_model(cfg)
     if stage.startswith("global"):
         g = cfg.global_
         sampler = (PartitionSampler(split.pool, g.n_volumes, cfg.data.n_partitions, seed=0)
@@ -61,7 +61,7 @@ def _loss_call(stage: str, cfg, split):
         z = torch.randn(len(views), 128, generator=gen).requires_grad_(True)
 
         def call():
-            loops._global_views_loss(lambda _: z, views, cfg).backward()
+            pretrain_step._global_views_loss(lambda _: z, views, cfg).backward()
     elif stage.startswith("local"):
         lc = cfg.local
         batch = RandomSliceSampler(split.pool, lc.batch_size, seed=0).shard(r, w).sample()
@@ -72,14 +72,14 @@ def _loss_call(stage: str, cfg, split):
         frozen = SimpleNamespace(encode=lambda _: None)  # the network is not part of the loss figure
 
         def call():
-            loops._local_views_loss(frozen, lambda _: maps, batch, views, cfg).backward()
+            pretrain_step._local_views_loss(frozen, lambda _: maps, batch, views, cfg).backward()
     else:
         batch = LabelledSliceSampler(split.pool[:2], cfg.finetune.batch_size, seed=0).shard(r, w).sample()
         logits = torch.randn(len(batch), cfg.model.n_classes, *batch.images.shape[-2:], generator=gen)
         logits.requires_grad_(True)
 
         def call():
-            loops.segmentation_loss(logits, batch.labels, cfg.finetune.loss).backward()
+            finetuning.segmentation_loss(logits, batch.labels, cfg.finetune.loss).backward()
     return call
 
 

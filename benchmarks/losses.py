@@ -35,8 +35,10 @@ from benchmarks.common import (
     run_child,
     time_call,
 )
-from glcl_core.losses import info_nce_loop_reference, pool_regions, sparse_region_corners
-from glcl_core.strategies import GLOBAL_REDUCTION, global_loss, global_masks, local_loss, local_masks
+from glcl_core.contrastive.global_masks import GLOBAL_REDUCTION, global_loss, global_masks
+from glcl_core.contrastive.kernel import info_nce_loop_reference
+from glcl_core.contrastive.local_masks import local_loss, local_masks
+from glcl_core.contrastive.regions import pool_regions, sparse_region_corners
 
 MODULE = "benchmarks.losses"
 MAP_SIZE, MAP_CHANNELS = 48, 64  # decoder block 3 for a 192x192 input

@@ -30,7 +30,7 @@ from benchmarks.common import cpu_peak_delta_mb, cuda_peak_mb, format_table, tim
 from glcl_core.device import autocast_dtype, default_device  # noqa: E402
 from glcl_core.experiment import prepare_split  # noqa: E402
 from glcl_core.models import GlobalHead  # noqa: E402
-from glcl_core.train import loops  # noqa: E402
+from glcl_core.train import finetuning, pretrain, pretrain_step, stages  # noqa: E402
 from glcl_core.train.config import make_config  # noqa: E402
 
 STAGES = ("global GD", "global PCL", "local LR", "finetune")
@@ -56,14 +56,14 @@ def stage_config(stage: str, profile: str, iterations: int, speed: dict | None =
 def run_stage(stage: str, cfg, split, device) -> tuple[list[dict], int]:
     """Run the real stage function with ``cfg`` (from :func:`stage_config`); returns (history rows, images/step)."""
     if stage.startswith("global"):
-        res = loops.pretrain_global(cfg, split.pool, device=device, progress=False)
-        images = 2 * loops._batch_slices(cfg, cfg.global_.strategy)
+        res = pretrain.pretrain_global(cfg, split.pool, device=device, progress=False)
+        images = 2 * pretrain._batch_slices(cfg, cfg.global_.strategy)
     elif stage.startswith("local"):
-        init = loops.pretrain_global(cfg, split.pool, device=device, progress=False)
-        res = loops.pretrain_local(cfg, split.pool, init=init, device=device, progress=False)
-        images = 2 * loops._batch_slices(cfg, "LR")
+        init = pretrain.pretrain_global(cfg, split.pool, device=device, progress=False)
+        res = pretrain.pretrain_local(cfg, split.pool, init=init, device=device, progress=False)
+        images = 2 * pretrain._batch_slices(cfg, "LR")
     else:
-        res = loops.finetune(cfg, split.pool[:2], [], device=device, progress=False)
+        res = finetuning.finetune(cfg, split.pool[:2], [], device=device, progress=False)
         images = cfg.finetune.batch_size
     return res.history, images
 
@@ -78,37 +78,37 @@ def _run_stage(stage: str, cfg, split, device, warmup: int, steps: int):
 def _floor(stage: str, cfg, device, images: int, repeats: int = 10) -> float:
     """Forward + backward of the stage's modules on a fixed batch already on the device, prepared as the stage
     prepares them (channels_last, torch.compile)."""
-    model = loops.build_model(cfg).to(device).train()
+    model = stages.build_model(cfg).to(device).train()
     size = cfg.data.size
-    x = loops._input(torch.randn(images, 1, size, size, device=device), cfg)
+    x = stages._input(torch.randn(images, 1, size, size, device=device), cfg)
     if stage.startswith("global"):
         c, h, _ = model.bottleneck_shape
         head = GlobalHead(in_channels=c, spatial=h, mode=cfg.global_.head).to(device)
-        net = loops._prepare(cfg, loops._GlobalEmbedder(model, head), model)
+        net = stages._prepare(cfg, pretrain_step._GlobalEmbedder(model, head), model)
 
         def fn():
-            with loops._autocast(device):
+            with stages._autocast(device):
                 out = net(x)
             out.float().square().mean().backward()
     elif stage.startswith("local"):
         blocks = cfg.local.decoder_blocks
-        head = loops.build_local_head(cfg, model, blocks).to(device)
+        head = pretrain.build_local_head(cfg, model, blocks).to(device)
         for p in model.encoder.parameters():
             p.requires_grad_(False)
         model.encoder.eval()
-        net = loops._prepare(cfg, loops._LocalMaps(model, head, blocks), model)
+        net = stages._prepare(cfg, pretrain_step._LocalMaps(model, head, blocks), model)
 
         def fn():
-            with torch.no_grad(), loops._autocast(device):
+            with torch.no_grad(), stages._autocast(device):
                 feats = model.encode(x)
-            with loops._autocast(device):
+            with stages._autocast(device):
                 out = net(feats)
             out.float().square().mean().backward()
     else:
-        net = loops._prepare(cfg, model)
+        net = stages._prepare(cfg, model)
 
         def fn():
-            with loops._autocast(device):
+            with stages._autocast(device):
                 out = net(x)
             out.float().square().mean().backward()
     return time_call(fn, device, repeats=repeats, reduce="median")

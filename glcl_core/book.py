@@ -44,14 +44,15 @@ def data_settings(spec: str | dict | None, default: str = "standard") -> dict:
 
     * ``None``: the embedded data set with the chapter's own preset ``default``;
     * an embedded preset (``"standard"``, ``"varied"``, ``"multicontrast"``);
-    * a public data set of :data:`glcl_core.data.fetch.DATASETS` (e.g. ``"Task05_Prostate"``): downloaded once into
+    * a public data set of :data:`glcl_core.data.datasets.DATASETS` (e.g. ``"Task05_Prostate"``): downloaded once into
       the data cache (checksum verified) and read from there;
     * a folder (Decathlon task, ACDC or plain NIfTI pairs), read and never written;
     * a dict of data settings, passed through (e.g. ``{"path": "...", "channel": 1}``).
     Raises :class:`glcl_core.data.DataError` naming the value when it is none of these."""
     from glcl_core.data import DataError
-    from glcl_core.data.embedded import PRESETS
-    from glcl_core.data.fetch import DATASETS, fetch
+    from glcl_core.data.datasets import DATASETS
+    from glcl_core.data.fetching import fetch
+    from glcl_core.data.presets import PRESETS
 
     if spec is None:
         return {"embedded": default}

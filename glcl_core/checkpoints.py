@@ -34,7 +34,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class ShippedCheckpoint:
-    """A verified checkpoint: ``path`` can be passed as ``init=`` to :func:`glcl_core.train.loops.finetune`."""
+    """A verified checkpoint: ``path`` can be passed as ``init=`` to :func:`glcl_core.train.finetuning.finetune`."""
 
     name: str
     path: Path
@@ -51,7 +51,7 @@ def pretrained_model(path: str | Path, cfg: RunConfig):
     file or a pre-training run's ``final.pt``) in float32: the encoder of a global stage, the encoder and decoder
     of a local stage; the other parts keep their fresh initialisation. Returned in eval mode, on the CPU."""
     from glcl_core.models import load_pretrained as load_parts
-    from glcl_core.train.loops import build_model
+    from glcl_core.train.stages import build_model
 
     net = build_model(cfg)
     ckpt = load_checkpoint(path)
@@ -61,7 +61,7 @@ def pretrained_model(path: str | Path, cfg: RunConfig):
 
 
 def shipped_parts(stage: str) -> tuple[str, ...]:
-    """The U-Net parts fine-tuning loads from a stage's weights (``glcl_core.train.loops.finetune``), and so the
+    """The U-Net parts fine-tuning loads from a stage's weights (``glcl_core.train.finetuning.finetune``), and so the
     parts a shipped checkpoint keeps: the encoder of a global stage; the encoder and decoder of a local stage (its
     first blocks trained, the others as initialised). The segmentation head is always trained anew."""
     return ("encoder",) if stage == "global" else ("encoder", "decoder")

@@ -21,8 +21,9 @@ from typing import Callable
 
 import torch
 
-from glcl_core.losses import masked_info_nce
-from glcl_core.strategies import global_masks, local_masks
+from glcl_core.contrastive.global_masks import global_masks
+from glcl_core.contrastive.kernel import masked_info_nce
+from glcl_core.contrastive.local_masks import local_masks
 
 
 @dataclass
@@ -80,8 +81,8 @@ def _as_bool_masks(out, n: int, what: str) -> tuple[torch.Tensor, torch.Tensor] 
 
 
 def check_global_masks(fn: Callable, strategy: str, threshold: float = 0.1, quiet: bool = False) -> CheckResult:
-    """Compare ``fn(image, volume, partition, position)`` with :func:`glcl_core.strategies.global_masks` for
-    ``strategy`` (``"GR"``, ``"GD-"``, ``"GD"`` or ``"PCL"`` with ``threshold``) on batches of 2 to 5 volumes."""
+    """Compare ``fn(image, volume, partition, position)`` with
+    :func:`glcl_core.contrastive.global_masks.global_masks` for ``strategy`` (``"GR"``, ``"GD-"``, ``"GD"`` or ``"PCL"`` with ``threshold``) on batches of 2 to 5 volumes."""
     cases = [(2, 4, 0), (3, 4, 1), (5, 3, 2), (4, 2, 3)]
     for n_volumes, n_partitions, seed in cases:
         meta = random_global_batch(n_volumes, n_partitions, seed=seed)
@@ -102,7 +103,7 @@ def check_global_masks(fn: Callable, strategy: str, threshold: float = 0.1, quie
 
 
 def check_info_nce(fn: Callable, quiet: bool = False, atol: float = 1e-5) -> CheckResult:
-    """Compare ``fn(z, positives, negatives, temperature)`` with :func:`glcl_core.losses.masked_info_nce`
+    """Compare ``fn(z, positives, negatives, temperature)`` with :func:`glcl_core.contrastive.kernel.masked_info_nce`
     (reduction ``"pairs"``, GLCL's) on G^D and PCL masks of random embeddings, at two temperatures."""
     cases = 0
     for seed, (strategy, temperature) in enumerate([("GD", 0.1), ("PCL", 0.5), ("GD-", 0.1), ("GR", 1.0)]):

@@ -71,7 +71,7 @@ def class_names_of(cfg: RunConfig) -> list[str] | None:
     meta = _dataset_json(cfg)
     if meta is None:
         return None
-    from glcl_core.data.io import label_names
+    from glcl_core.data.decathlon import label_names
 
     labels = label_names(meta)  # {value: name}, MSD ({"0": "background"}) or nnU-Net v2 ({"background": 0}) style
     return [labels.get(k, str(k)) for k in range(cfg.model.n_classes)] if labels else None
@@ -95,7 +95,7 @@ def pretrain(init: str, cfg: RunConfig, pool: list[Volume], out: Path, progress:
              val: list[Volume] | None = None) -> Pretrained:
     """Pre-train (or reuse) the weights for one initialisation under ``out/pretrain/``; ``val``: the volumes the
     stages' health monitor reads (never trained on)."""
-    from glcl_core.train.loops import pretrain_global, pretrain_local
+    from glcl_core.train.pretrain import pretrain_global, pretrain_local
 
     if init not in INITIALISATIONS:
         raise ValueError(f"unknown initialisation {init!r}; choose from {', '.join(INITIALISATIONS)}")
@@ -196,7 +196,7 @@ def open_grid_dir(out: Path):
 
     A folder that is not empty and holds neither the marker nor an ``experiment.json`` (a grid made before the
     marker existed) is refused before anything is written there, as is a stage's run folder."""
-    from glcl_core.train.checkpoint import (
+    from glcl_core.train.run_folder import (
         NotARunFolderError, folder_kind, read_marker, remove_temporary_files, write_marker,
     )
     from glcl_core.train.lock import FolderLock
@@ -227,7 +227,8 @@ def _run_grid(cfg: RunConfig, out: Path, inits: list[str], n_labelled: list[int]
     """The body of :func:`run_experiment`, with the grid folder locked."""
     import pandas as pd
 
-    from glcl_core.train.loops import evaluate, finetune
+    from glcl_core.train.evaluation import evaluate
+    from glcl_core.train.finetuning import finetune
 
     # under torchrun rank 0 owns the folder and the CSV; the other ranks train in lockstep and write nothing
     main = distributed.is_main()

@@ -5,7 +5,8 @@ Three views of one question on one embedded preset, all from the long-budget pre
 
 * ``finetune``: label efficiency, fine-tuning Dice at 1, 2, 4, 8 and 12 labelled volumes;
 * ``probe``: the frozen-representation probe (``FinetuneConfig.freeze``) at 1, 2 and 4 labelled volumes;
-* the head start is read from the ``finetune`` grid's validation curves (``glcl_core.results.validation_curves``).
+* the head start is read from the ``finetune`` grid's validation curves
+  (``glcl_core.analysis.results.validation_curves``).
 
 The weights come from a checkpoint folder with a manifest (``glcl_core/pretrained`` for the shipped preset, or
 ``runs/shipped-PROFILE/PRESET/export`` for another; both written by ``scripts/pretrain_shipped.py --export``) and are
@@ -105,7 +106,7 @@ def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "c
     * ``head_start_{profile}.csv``: validation Dice against fine-tuning step, mean and sd over seeds, 1 labelled volume;
     * ``figures/{label_efficiency,frozen_probe,head_start}_{profile}_{embedded}.png``.
     """
-    from glcl_core import results
+    from glcl_core.analysis import results
     from glcl_core.viz import segmentation as seg
 
     written: list[Path] = []

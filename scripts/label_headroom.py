@@ -24,7 +24,7 @@ import pandas as pd
 from glcl_core.data.split import draw_labelled
 from glcl_core.experiment import prepare_split
 from glcl_core.train.config import RunConfig, make_config
-from glcl_core.train.loops import finetune
+from glcl_core.train.finetuning import finetune
 
 COLUMNS = ["embedded", "n_labelled", "seed", "iterations", "step", "val_dice", "labelled", "seconds"]
 

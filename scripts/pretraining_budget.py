@@ -42,7 +42,8 @@ from glcl_core.data.split import draw_labelled
 from glcl_core.experiment import INITIALISATIONS, prepare_split
 from glcl_core.train.checkpoint import resumed_step
 from glcl_core.train.config import RunConfig, make_config
-from glcl_core.train.loops import finetune, pretrain_global, pretrain_local
+from glcl_core.train.finetuning import finetune
+from glcl_core.train.pretrain import pretrain_global, pretrain_local
 
 COLUMNS = ["embedded", "init", "global_steps", "local_steps", "measure", "n_labelled", "seed", "step", "val_dice",
            "pretrain_seconds", "measure_seconds", "threads", "machine"]

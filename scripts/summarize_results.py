@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from glcl_core import results
+    from glcl_core.analysis import results
     from glcl_core.viz.segmentation import plot_dice, plot_paired
 
     try:

@@ -24,7 +24,7 @@ import torch
 from glcl_core import augment
 from glcl_core.experiment import prepare_split
 from glcl_core.train.config import make_config
-from glcl_core.train.loops import pretrain_global, pretrain_local
+from glcl_core.train.pretrain import pretrain_global, pretrain_local
 
 # Views tried in the sweep beside the library's named ones (glcl_core.augment.GLOBAL_AUGMENTATIONS).
 EXTRA_AUGMENTATIONS = {

@@ -11,9 +11,9 @@ from matplotlib.figure import Figure
 
 from glcl_core import analysis as an
 from glcl_core.data.volume import Volume
-from glcl_core.losses import masked_info_nce
+from glcl_core.contrastive.kernel import masked_info_nce
 from glcl_core.models import GlobalHead, UNet
-from glcl_core.strategies import GLOBAL_REDUCTION, global_masks
+from glcl_core.contrastive.global_masks import GLOBAL_REDUCTION, global_masks
 
 
 def toy_meta(n_volumes: int = 3, n_slices: int = 8, n_partitions: int = 4) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from glcl_core.__main__ import main
+from glcl_core.cli import main
 from glcl_core.train import checkpoint as ckpt_mod
 from test_checkpoints import _csv, _empty, _pickle  # the same bad files the loader tests use
 from test_data_bad_input import huge_header, make_task, save, scan, set_training_entry

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from glcl_core import checkpoints
-from glcl_core.train import loops
+from glcl_core.train import finetuning, pretrain
 from glcl_core.train.config import make_config
 
 
@@ -13,7 +13,7 @@ from glcl_core.train.config import make_config
 def shipped(tmp_path_factory, ci_split):
     runs, folder = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("pretrained")
     cfg = make_config("ci")
-    g = loops.pretrain_global(cfg, ci_split.pool, out=runs / "GD", progress=False)
+    g = pretrain.pretrain_global(cfg, ci_split.pool, out=runs / "GD", progress=False)
     checkpoints.export(g.out / "final.pt", "GD", command="python -m glcl_core pretrain --strategy GD --profile ci",
                        wall_seconds=1.0, folder=folder)
     checkpoints.export(g.out / "final.pt", "GD-half", command="(test)", wall_seconds=1.0, folder=folder,
@@ -34,7 +34,7 @@ def test_export_then_load_by_name_builds_the_configured_model(shipped, ci_split)
     half = checkpoints.load_pretrained("GD-half", folder).model()
     assert all(torch.allclose(half.state_dict()[k].float(), v.float(), atol=1e-2, rtol=1e-2)
                for k, v in g.model.state_dict().items() if v.is_floating_point() and k in shipped_keys)
-    res = loops.finetune(ck.config, ci_split.pool[:1], [], init=ck.path, progress=False)
+    res = finetuning.finetune(ck.config, ci_split.pool[:1], [], init=ck.path, progress=False)
     assert res.extra["loaded"] == ["encoder"]
 
 
@@ -102,7 +102,7 @@ def test_grid_uses_given_weights_and_refuses_to_mix_them(shipped, tmp_path):
 
 
 def test_cli_experiment_probe_with_shipped_weights(shipped, tmp_path, monkeypatch, capsys):
-    from glcl_core.__main__ import main
+    from glcl_core.cli import main
 
     folder, _ = shipped
     monkeypatch.setattr(checkpoints, "DEFAULT_FOLDER", folder)

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from glcl_core import experiment
-from glcl_core.__main__ import EMBEDDED_PRESETS, INIT_CHOICES, main
-from glcl_core.data.embedded import PRESETS
-from glcl_core.train import loops
+from glcl_core.cli import main
+from glcl_core.cli.parser import EMBEDDED_PRESETS, INIT_CHOICES
+from glcl_core.data.presets import PRESETS
+from glcl_core.train import finetuning
 from glcl_core.train.config import make_config
 
 
@@ -27,7 +28,8 @@ def test_cli_choices_match_library():
 
 
 def test_cli_preset_parses():
-    from glcl_core.__main__ import PRESET_CHOICES, _config, build_parser
+    from glcl_core.cli.checks import _config
+    from glcl_core.cli.parser import PRESET_CHOICES, build_parser
     from glcl_core.train.config import PRESETS
 
     assert PRESET_CHOICES == tuple(PRESETS)
@@ -48,7 +50,8 @@ def test_cli_preset_parses():
         parser.parse_args(["pretrain", "--preset", "simclr"])
 
 def test_cli_budget_parses():
-    from glcl_core.__main__ import BUDGET_CHOICES, _config, build_parser
+    from glcl_core.cli.checks import _config
+    from glcl_core.cli.parser import BUDGET_CHOICES, build_parser
     from glcl_core.train.config import BUDGETS, make_config
 
     assert BUDGET_CHOICES == tuple(BUDGETS)
@@ -122,13 +125,13 @@ def test_cli_pretrain_finetune_evaluate(tmp_path, capsys):
 def test_experiment_grid_resumes_without_recomputing(tmp_path, monkeypatch):
     cfg = make_config("ci")
     calls = []
-    real = loops.finetune
+    real = finetuning.finetune
 
     def counting(*args, **kwargs):
         calls.append(kwargs["out"].name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loops, "finetune", counting)
+    monkeypatch.setattr(finetuning, "finetune", counting)
     table = experiment.run_experiment(cfg, tmp_path, inits=["random", "GD+LR"], n_labelled=[1], seeds=[0],
                                       progress=False, log=lambda *_: None)
     assert len(calls) == 2
@@ -225,8 +228,9 @@ def test_cli_paper_protocol_flags(tmp_path, monkeypatch):
     fine-tuning loss; `--data` also takes the name of a data set to fetch."""
     import sys as _sys
 
-    from glcl_core.__main__ import FINETUNE_LOSSES, _config, build_parser
-    from glcl_core.train.loops import SEGMENTATION_LOSSES
+    from glcl_core.cli.checks import _config
+    from glcl_core.cli.parser import FINETUNE_LOSSES, build_parser
+    from glcl_core.train.finetuning import SEGMENTATION_LOSSES
 
     assert set(FINETUNE_LOSSES) == set(SEGMENTATION_LOSSES)
     (tmp_path / "acdc").mkdir()
@@ -241,7 +245,7 @@ def test_cli_paper_protocol_flags(tmp_path, monkeypatch):
         build_parser().parse_args(["pretrain", "--spacing", "0"])
     fetched = tmp_path / "cache" / "Task05_Prostate"
     fetched.mkdir(parents=True)
-    monkeypatch.setattr(_sys.modules["glcl_core.data.fetch"], "fetch", lambda name: fetched)
+    monkeypatch.setattr(_sys.modules["glcl_core.data.fetching"], "fetch", lambda name: fetched)
     monkeypatch.chdir(tmp_path)  # no folder called Task05_Prostate here
     args = build_parser().parse_args(["pretrain", "--profile", "ci", "--data", "Task05_Prostate", "--n-classes", "3"])
     assert _config(args).data.path == str(fetched)

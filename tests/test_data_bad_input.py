@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from glcl_core.data import DataError, Volume, load_volumes
-from glcl_core.data import io
+from glcl_core.data import decathlon, io, nifti
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root reads files whatever their mode
 
@@ -115,7 +115,7 @@ def block_folder(monkeypatch, folder: Path) -> None:
     folder = folder.absolute()
     inside = lambda p: folder in Path(p).absolute().parents
     denied = lambda p: PermissionError(13, "Permission denied", str(p))
-    iterdir, stat, load, open_ = Path.iterdir, Path.stat, io.nib.load, builtins.open
+    iterdir, stat, load, open_ = Path.iterdir, Path.stat, nifti.nib.load, builtins.open
 
     def fake_iterdir(self):
         if self.absolute() == folder or inside(self):
@@ -139,7 +139,7 @@ def block_folder(monkeypatch, folder: Path) -> None:
 
     monkeypatch.setattr(Path, "iterdir", fake_iterdir)
     monkeypatch.setattr(Path, "stat", fake_stat)
-    monkeypatch.setattr(io.nib, "load", fake_load)
+    monkeypatch.setattr(nifti.nib, "load", fake_load)
     monkeypatch.setattr(builtins, "open", fake_open)
 
 
@@ -360,7 +360,7 @@ def test_nnunet_v2_regions_and_class_names(tmp_path):
     from glcl_core.train.config import make_config
 
     root = make_nnunet_v2(tmp_path / "v2", channels=1, regions=True)
-    assert io.label_names(json.loads((root / "dataset.json").read_text())) == {0: "background", 1: "whole", 2: "whole"}
+    assert decathlon.label_names(json.loads((root / "dataset.json").read_text())) == {0: "background", 1: "whole", 2: "whole"}
     assert len(load_volumes(root, size=16)) == 3
     plain = make_nnunet_v2(tmp_path / "v2plain", channels=1)
     cfg = make_config("ci", data={"path": str(plain)}, model={"n_classes": 3})
@@ -374,7 +374,7 @@ def test_nnunet_v2_regions_and_class_names(tmp_path):
 
 
 def test_device_fifo_and_files_are_not_data_folders(tmp_path, capsys):
-    from glcl_core.__main__ import main
+    from glcl_core.cli import main
 
     with pytest.raises(DataError, match="/dev/null: not a data folder"):
         load_volumes("/dev/null")
@@ -411,7 +411,7 @@ def huge_header(path: Path, shape=(20000, 20000, 20000)) -> Path:
 
 def test_header_claiming_a_huge_array_is_refused_before_reading(tmp_path, monkeypatch):
     bad = huge_header(tmp_path / "d" / "huge.nii")
-    monkeypatch.setattr(io, "read_slabs", lambda *a, **k: pytest.fail("voxels read before the size check"))
+    monkeypatch.setattr(nifti, "read_slabs", lambda *a, **k: pytest.fail("voxels read before the size check"))
     with pytest.raises(DataError) as err:
         load_volumes(tmp_path / "d", size=16)
     text = only_message_lines(err)
@@ -440,7 +440,7 @@ def test_memory_limit_is_read_from_the_environment_and_skippable(tmp_path, monke
 
 
 def test_multichannel_without_a_channel_lists_the_channels_and_how_to_choose(tmp_path, capsys):
-    from glcl_core.__main__ import build_parser, main
+    from glcl_core.cli import build_parser, main
 
     image = np.stack([scan()[0] + 5 * c for c in range(3)], axis=-1)
     bad = save(tmp_path / "plain" / "cine.nii.gz", image)
@@ -541,7 +541,8 @@ def test_fully_labelled_split_is_unchanged():
 
 
 def test_number_of_classes_comes_from_the_data(tmp_path):
-    from glcl_core.__main__ import _config, build_parser
+    from glcl_core.cli.checks import _config
+    from glcl_core.cli.parser import build_parser
 
     task = make_task(tmp_path / "task")  # dataset.json declares 0, 1, 2
     plain = tmp_path / "plain"
@@ -574,7 +575,7 @@ def test_number_of_classes_comes_from_the_data(tmp_path):
 def test_classes_absent_from_the_data_have_no_dice_rows():
     import torch
 
-    from glcl_core.train.loops import evaluate
+    from glcl_core.train.evaluation import evaluate
 
     label = np.zeros((3, 8, 8), np.int64)
     label[:, 2:5, 2:5] = 1

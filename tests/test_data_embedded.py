@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from glcl_core.data import embedded_dataset, load_volumes
-from glcl_core.data.embedded import GeneratorParams, dataset_key, generator_params, load_template, make_subject
+from glcl_core.data.embedded import dataset_key
+from glcl_core.data.presets import GeneratorParams, generator_params
+from glcl_core.data.synthesis import load_template, make_subject
 
 N_SUBJECTS = 3
 
@@ -165,7 +167,7 @@ def test_standard_preset_draws_are_untouched_by_the_varied_stream(template):
 def test_multicontrast_preset_gives_each_family_its_tissue_order(tmp_path):
     """Subjects take the T1-, T2- and PD-like families in turn; CSF is darker than white matter in the T1-like
     subject and brighter in the T2-like one; an unknown family is refused."""
-    from glcl_core.data.embedded import CONTRAST_FAMILIES
+    from glcl_core.data.presets import CONTRAST_FAMILIES
 
     folder = embedded_dataset(tmp_path, n_subjects=3, seed=0, params="multicontrast")
     meta = json.loads((folder / "dataset.json").read_text())

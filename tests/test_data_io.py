@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from glcl_core.data import DataError, detect_layout, load_volumes, summarize
-from glcl_core.data.preprocess import canonical_orientation
+from glcl_core.data.orientation import canonical_orientation
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -572,7 +572,7 @@ def write_hand_volume(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """A case on a 40 x 50 in-plane grid at 1 mm (canonical orientation), 3 slices of 5 mm: class 1 a 20 x 30
     rectangle, class 2 a 4 x 10 block plus the whole first column (cropped away at 2 mm / 24 x 24).
     Returns the canonical label and image ``(3, 40, 50)``."""
-    from glcl_core.data.preprocess import reorient
+    from glcl_core.data.orientation import reorient
 
     label = np.zeros((3, 40, 50), dtype=np.uint8)
     label[:, 10:30, 11:41] = 1
@@ -593,7 +593,7 @@ def write_hand_volume(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 def test_loader_keeps_native_grid_and_label(tmp_path, monkeypatch):
     """The loader records the in-plane map and the canonical native label; one-hot scores of the preprocessed label
     mapped back give the native label wherever preprocessing kept it; a large label is re-read from its file."""
-    from glcl_core.data import io
+    from glcl_core.data import cases
     from glcl_core.data.preprocess import scores_to_native
 
     label, _ = write_hand_volume(tmp_path / "h")
@@ -601,7 +601,7 @@ def test_loader_keeps_native_grid_and_label(tmp_path, monkeypatch):
     grid = volume.meta["native_grid"]
     assert volume.label.shape == (3, 24, 24) and grid.shape == (40, 50) and grid.resampled_shape == (24, 24)
     assert grid.step == (2.0, 2.0) and grid.origin == (-3.5, 1.5)
-    assert np.array_equal(volume.meta["native_label"], label) and np.array_equal(io.native_label(volume), label)
+    assert np.array_equal(volume.meta["native_label"], label) and np.array_equal(cases.native_label(volume), label)
     assert volume.label.sum() == 3 * (150 * 1 + 10 * 2)  # the rectangle and the block survive, the column not
     onehot = np.eye(3, dtype=np.float32)[volume.label].transpose(0, 3, 1, 2)
     for interpolation in ("linear", "nearest"):
@@ -610,18 +610,18 @@ def test_loader_keeps_native_grid_and_label(tmp_path, monkeypatch):
         expected[:, :, 0] = 0  # cropped away: background
         assert np.array_equal(back, expected), interpolation
 
-    monkeypatch.setattr(io, "NATIVE_LABEL_MAX_VOXELS", 10)
+    monkeypatch.setattr(cases, "NATIVE_LABEL_MAX_VOXELS", 10)
     large = load_volumes(tmp_path / "h", spacing=2.0, size=24)[0]
-    assert "native_label" not in large.meta and np.array_equal(io.native_label(large), label)
+    assert "native_label" not in large.meta and np.array_equal(cases.native_label(large), label)
     (tmp_path / "h" / "hand_seg.nii.gz").unlink()
     with pytest.warns(UserWarning, match="cannot re-read"):
-        assert io.native_label(large) is None
+        assert cases.native_label(large) is None
 
 
 def test_native_grid_of_any_storage_order_and_acdc(tmp_path):
     """Native labels are in canonical orientation whatever the storage order: they equal the label loaded with no
     resampling (ACDC oblique short axis and a permuted/flipped plain case)."""
-    from glcl_core.data.io import native_label
+    from glcl_core.data.cases import native_label
 
     make_acdc_patient(tmp_path / "acdc" / "patient001")
     image, label = phantom()
@@ -643,7 +643,7 @@ def test_evaluate_native_and_resampled_dice_of_a_known_prediction(tmp_path):
     import torch
 
     from glcl_core.data import Volume
-    from glcl_core.train import loops
+    from glcl_core.train import evaluation
 
     write_hand_volume(tmp_path / "h")
     volume = load_volumes(tmp_path / "h", spacing=2.0, size=24)[0]
@@ -667,24 +667,24 @@ def test_evaluate_native_and_resampled_dice_of_a_known_prediction(tmp_path):
 
     model = FixedPrediction()
     bare = Volume("bare", volume.image, volume.label, volume.spacing)  # no meta: hand-built
-    native = loops.evaluate(model, [volume, bare])
+    native = evaluation.evaluate(model, [volume, bare])
     expected = {("hand", "1"): 2 * 552 / 1152, ("hand", "2"): 2 * 40 / 120,
                 ("bare", "1"): 2 * 138 / 288, ("bare", "2"): 1.0}
     for r in native.to_dict("records"):
         assert r["dice"] == pytest.approx(expected[(r["volume"], r["class"])], abs=1e-12)
         assert r["resolution"] == ("native" if r["volume"] == "hand" else "resampled")
     assert native.attrs["resolution"] == "mixed"
-    resampled = loops.evaluate(model, [volume], resolution="resampled")
+    resampled = evaluation.evaluate(model, [volume], resolution="resampled")
     assert list(resampled["dice"]) == pytest.approx([2 * 138 / 288, 1.0])
     assert resampled.attrs["resolution"] == "resampled"
     assert set(resampled["resolution"]) == {"resampled"}
-    nearest = loops.evaluate(model, [volume], interpolation="nearest")
+    nearest = evaluation.evaluate(model, [volume], interpolation="nearest")
     assert list(nearest["dice"]) == pytest.approx([2 * 552 / 1152, 2 * 40 / 120])
-    assert loops.native_prediction(model, volume).shape == (3, 40, 50)
+    assert evaluation.native_prediction(model, volume).shape == (3, 40, 50)
     with pytest.raises(ValueError, match="native_grid"):
-        loops.native_prediction(model, bare)
+        evaluation.native_prediction(model, bare)
     with pytest.raises(ValueError, match="resolution"):
-        loops.evaluate(model, [volume], resolution="original")
+        evaluation.evaluate(model, [volume], resolution="original")
 
 
 def test_split_keeps_each_acdc_patient_on_one_side(tmp_path):

@@ -17,7 +17,7 @@ from glcl_core.batch import Batch
 from glcl_core.data.volume import Volume
 from glcl_core.models import GlobalHead, LocalHead
 from glcl_core.samplers import LabelledSliceSampler, PartitionSampler, RandomSliceSampler
-from glcl_core.train import loops
+from glcl_core.train import finetuning, pretrain_step, stages
 from glcl_core.train.checkpoint import load_checkpoint
 from glcl_core.train.config import make_config
 
@@ -75,7 +75,7 @@ def compute_cases(rank: int, world: int) -> dict[str, dict]:
     out = {}
     for case in CASES:
         torch.manual_seed(0)
-        model = loops.build_model(cfg).double()
+        model = stages.build_model(cfg).double()
         if case in ("GD", "PCL"):
             cfg.global_.strategy = case
             c, h, _ = model.bottleneck_shape
@@ -83,23 +83,23 @@ def compute_cases(rank: int, world: int) -> dict[str, dict]:
             sampler = (PartitionSampler(vols, cfg.global_.n_volumes, 4, seed=1) if case == "GD"
                        else RandomSliceSampler(vols, cfg.global_.batch_size, seed=1))
             batch = sampler.shard(rank, world).sample()
-            net = loops._prepare(cfg, loops._GlobalEmbedder(model, head), model)
-            loss = loops._global_views_loss(net, _views(batch, noise), cfg)
+            net = stages._prepare(cfg, pretrain_step._GlobalEmbedder(model, head), model)
+            loss = pretrain_step._global_views_loss(net, _views(batch, noise), cfg)
             trained = [model.encoder, head]
         elif case == "LR":
             head = LocalHead(model.decoder_channels(1)).double()
             model.encoder.eval()
             sampler = RandomSliceSampler(vols, cfg.local.batch_size, seed=2).shard(rank, world)
             batch = sampler.sample()
-            net = loops._prepare(cfg, loops._LocalMaps(model, head, 1), model)
-            loss = loops._local_views_loss(model, net, batch, _views(batch, noise), cfg)
+            net = stages._prepare(cfg, pretrain_step._LocalMaps(model, head, 1), model)
+            loss = pretrain_step._local_views_loss(model, net, batch, _views(batch, noise), cfg)
             trained = [model.decoder[0], head]
         else:
             sampler = LabelledSliceSampler(vols, cfg.finetune.batch_size, seed=3).shard(rank, world)
             batch = sampler.sample()
-            net = loops._prepare(cfg, model)
+            net = stages._prepare(cfg, model)
             kind = "glcl" if case == "finetune_glcl" else "dice+ce"  # glcl: per-image Dice over the global batch
-            loss = loops.segmentation_loss(net(batch.images.double()), batch.labels, kind)
+            loss = finetuning.segmentation_loss(net(batch.images.double()), batch.labels, kind)
             trained = [model]
         loss.backward()
         grads = {f"{i}.{k}": g for i, m in enumerate(trained) for k, g in _grads(m).items()}
@@ -188,7 +188,7 @@ def test_torchrun_pretrain_writes_one_run_and_resumes(tmp_path):
     assert last["step"] == make_config("ci").global_.iterations == 4
     assert [row["step"] for row in last["history"]] == [1, 2, 3, 4]  # steps 1-2 kept from the first launch
     assert len(last["state"]["augment"]["ranks"]) == WORLD  # each rank's augmentation stream is resumable
-    assert set(final["model"]) == set(loops.build_model(make_config("ci")).state_dict())
+    assert set(final["model"]) == set(stages.build_model(make_config("ci")).state_dict())
     for k, v in last["state"]["model"].items():
         assert torch.equal(v, final["model"][k])
     assert json.loads((run / "config.json").read_text())["global_"]["strategy"] == "GD"

@@ -82,7 +82,7 @@ def test_grids_use_the_exported_weights_and_summarise(exported, tmp_path):
 
 
 def test_label_efficiency_figure_shows_every_initialisation():
-    from glcl_core import results
+    from glcl_core.analysis import results
     from glcl_core.viz import segmentation as seg
 
     rows = [{"method": "m", "strategy": s, "n_labelled": n, "seed": seed, "volume": "v", "class": "c",
@@ -147,7 +147,7 @@ def test_local_stage_starts_from_the_shipped_global_stage(exported, tmp_path, ca
 
 
 def test_label_efficiency_figure_cuts_one_wide_interval_to_keep_the_others_readable():
-    from glcl_core import results
+    from glcl_core.analysis import results
     from glcl_core.viz import segmentation as seg
 
     # GD's paired differences are tight at n = 1, 2 and 4, and spread widely at n = 8 (seed 2 far off)

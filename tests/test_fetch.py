@@ -1,5 +1,5 @@
-"""glcl_core.data.fetch against a local HTTP server (127.0.0.1 only): download, resume, checksum, safe unpacking,
-the cache marker, the no-network message and the CLI. Nothing here reaches any other address."""
+"""fetch (glcl_core.data.fetching) against a local HTTP server (127.0.0.1 only): download, resume, checksum, safe
+unpacking, the cache marker, the no-network message and the CLI. Nothing here reaches any other address."""
 from __future__ import annotations
 
 import gzip
@@ -17,9 +17,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from glcl_core.__main__ import main
+from glcl_core.cli import main
 from glcl_core.data import DataError, load_volumes
-from glcl_core.data.fetch import BASE_URL_ENV, DATASETS, MARKER, DatasetEntry, FetchError, fetch
+from glcl_core.data.archive import MARKER
+from glcl_core.data.datasets import BASE_URL_ENV, DATASETS, DatasetEntry, FetchError
+from glcl_core.data.fetching import fetch
 
 TASK = "Task99_Tiny"
 
@@ -360,7 +362,7 @@ def test_chapter_data_parameter(tmp_path, monkeypatch):
     assert data_settings({"path": "x", "channel": 1}) == {"path": "x", "channel": 1}
     assert data_settings(str(tmp_path)) == {"path": str(tmp_path.resolve())}
     asked = []
-    fetch_module = sys.modules["glcl_core.data.fetch"]
+    fetch_module = sys.modules["glcl_core.data.fetching"]
     monkeypatch.setattr(fetch_module, "fetch", lambda name: asked.append(name) or tmp_path / "Task05_Prostate")
     assert data_settings("task05_prostate") == {"path": str(tmp_path / "Task05_Prostate")}
     assert asked == ["task05_prostate"]

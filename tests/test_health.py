@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from glcl_core.contrastive.global_masks import global_masks
 from glcl_core.contrastive.health import (
     chance_level,
     collapse_reason,
@@ -13,8 +14,8 @@ from glcl_core.contrastive.health import (
     embedding_std,
     retrieval_top1,
 )
-from glcl_core.losses import masked_info_nce
-from glcl_core.strategies import global_masks, local_masks
+from glcl_core.contrastive.kernel import masked_info_nce
+from glcl_core.contrastive.local_masks import local_masks
 
 
 def _gd_meta(m: int = 3, s: int = 4):
@@ -82,16 +83,16 @@ def test_collapse_reason():
 
 def test_collapse_warning_on_a_constant_encoder(monkeypatch, capsys):
     from glcl_core.experiment import prepare_split
-    from glcl_core.train import loops
+    from glcl_core.train import pretrain, pretrain_step
     from glcl_core.train.config import make_config
 
     def constant(self, x):  # every image gets the same embedding (trainable, so the step still runs)
         return self.head.mlp[-1].bias.expand(x.shape[0], -1) * 1.0
 
-    monkeypatch.setattr(loops._GlobalEmbedder, "forward", constant)
+    monkeypatch.setattr(pretrain_step._GlobalEmbedder, "forward", constant)
     cfg = make_config("ci", global_={"strategy": "GR", "iterations": 3, "log_every": 1})
     split = prepare_split(cfg)
-    result = loops.pretrain_global(cfg, split.pool, val=split.val, progress=False)
+    result = pretrain.pretrain_global(cfg, split.pool, val=split.val, progress=False)
     err = capsys.readouterr().err
     assert "warning: global GR looks collapsed at step 1: effective rank 1.00 < 2" in err, err
     assert err.count("looks collapsed") == 1  # one line, not one per step
@@ -104,12 +105,12 @@ def test_collapse_warning_on_a_constant_encoder(monkeypatch, capsys):
 
 def test_global_stage_history_has_health_columns(capsys):
     from glcl_core.experiment import prepare_split
-    from glcl_core.train import loops
+    from glcl_core.train import pretrain
     from glcl_core.train.config import make_config
 
     cfg = make_config("ci", global_={"strategy": "GD", "iterations": 2, "log_every": 1})
     split = prepare_split(cfg)
-    result = loops.pretrain_global(cfg, split.pool, val=split.val, progress="lines")
+    result = pretrain.pretrain_global(cfg, split.pool, val=split.val, progress="lines")
     out = capsys.readouterr().out
     assert "global GD step 2/2" in out and "retrieval_top1" in out
     h = result.history
@@ -121,13 +122,13 @@ def test_global_stage_history_has_health_columns(capsys):
 @pytest.mark.parametrize("strategy", ["LR", "LD"])
 def test_local_stage_history_has_health_columns(strategy):
     from glcl_core.experiment import prepare_split
-    from glcl_core.train import loops
+    from glcl_core.train import pretrain
     from glcl_core.train.config import make_config
 
     cfg = make_config("ci", global_={"iterations": 1}, local={"strategy": strategy, "iterations": 2, "log_every": 1})
     split = prepare_split(cfg)
-    g = loops.pretrain_global(cfg, split.pool, val=split.val, progress=False)
-    result = loops.pretrain_local(cfg, split.pool, init=g, val=split.val, progress=False)
+    g = pretrain.pretrain_global(cfg, split.pool, val=split.val, progress=False)
+    result = pretrain.pretrain_local(cfg, split.pool, init=g, val=split.val, progress=False)
     h = result.history
     for column in ("loss_over_chance", "val_loss_over_chance", "retrieval_top1", "effective_rank"):
         assert column in h.columns

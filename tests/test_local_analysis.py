@@ -1,5 +1,5 @@
-"""glcl_core.local_analysis and glcl_core.viz.local: feature maps, similarity maps, mask counts, the ablation
-runner (ci profile, a couple of iterations) and the figures."""
+"""glcl_core.analysis.local_maps (and .ablation) and glcl_core.viz.local: feature maps, similarity maps, mask
+counts, the ablation runner (ci profile, a couple of iterations) and the figures."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from glcl_core import local_analysis as la  # noqa: E402
+from glcl_core.analysis import local_maps as la  # noqa: E402
 from glcl_core.models import LocalHead, UNet  # noqa: E402
 from glcl_core.train import make_config  # noqa: E402
 
@@ -119,7 +119,7 @@ def test_negatives_and_chance_loss_match_the_kernel():
     assert la.negatives_per_anchor("dense", None, 16) == 30
     assert la.negatives_per_anchor("dense", 8, 16) == 8
     # identical features everywhere: every similarity equal, the loss is exactly log(1 + n)
-    from glcl_core.strategies import local_loss
+    from glcl_core.contrastive.local_masks import local_loss
 
     f = torch.ones(2, 3, 12, 12)
     meta = (torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 0]))

@@ -6,15 +6,8 @@ import math
 import pytest
 import torch
 
-from glcl_core.losses import (
-    BlockMask,
-    grid_region_corners,
-    info_nce_loop_reference,
-    masked_info_nce,
-    pair_info_nce,
-    pool_regions,
-    sparse_region_corners,
-)
+from glcl_core.contrastive.kernel import BlockMask, info_nce_loop_reference, masked_info_nce, pair_info_nce
+from glcl_core.contrastive.regions import grid_region_corners, pool_regions, sparse_region_corners
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -1,4 +1,5 @@
-"""glcl_core.results on hand-made tables with known answers; the figures and the summary script on a small CSV."""
+"""glcl_core.analysis.results on hand-made tables with known answers; the figures and the summary script on a
+small CSV."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from glcl_core import results
+from glcl_core.analysis import results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +183,7 @@ def test_summarize_script(tmp_path, grid):
 
 def test_load_predictions_and_widgets(tmp_path, monkeypatch, ci_config, ci_split, grid):
     from glcl_core.train.checkpoint import save_checkpoint
-    from glcl_core.train.loops import build_model
+    from glcl_core.train.stages import build_model
     from glcl_core.viz import browse
     from glcl_core.viz import segmentation as seg
 

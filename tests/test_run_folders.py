@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from glcl_core import experiment
-from glcl_core.__main__ import main
+from glcl_core.cli import main
 from glcl_core.train import checkpoint as ckpt_mod
-from glcl_core.train import loops
+from glcl_core.train import pretrain, run_folder
 from glcl_core.train.config import make_config
 from glcl_core.train.lock import LOCK_NAME, FolderLock, RunLockedError
 
@@ -44,11 +44,11 @@ def _dead_pid() -> int:
 # ---------------------------------------------------------------------------------------------- marker, overwrite
 def test_run_folder_is_marked(ci_split, tmp_path):
     out = tmp_path / "r"
-    loops.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
-    marker = json.loads((out / ckpt_mod.MARKER_NAME).read_text())
+    pretrain.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
+    marker = json.loads((out / run_folder.MARKER_NAME).read_text())
     assert marker["project"] == "glcl_core" and marker["stage"] == "global" and marker["created"]
     assert not (out / LOCK_NAME).exists()  # released when the stage ended
-    assert ckpt_mod.folder_kind(out) == "marked" and ckpt_mod.has_run(out)
+    assert run_folder.folder_kind(out) == "marked" and run_folder.has_run(out)
 
 
 def test_overwrite_never_deletes_a_foreign_folder(ci_split, tmp_path):
@@ -59,8 +59,8 @@ def test_overwrite_never_deletes_a_foreign_folder(ci_split, tmp_path):
     (thesis / "config.json").write_text('{"latex": true}')
     before = sorted(p.name for p in thesis.iterdir())
     for kwargs in ({"overwrite": True}, {}, {"resume": True}):
-        with pytest.raises(ckpt_mod.NotARunFolderError, match=r"thesis is not empty and is not a glcl_core run"):
-            loops.pretrain_global(_cfg(), ci_split.pool, out=thesis, progress=False, **kwargs)
+        with pytest.raises(run_folder.NotARunFolderError, match=r"thesis is not empty and is not a glcl_core run"):
+            pretrain.pretrain_global(_cfg(), ci_split.pool, out=thesis, progress=False, **kwargs)
     assert sorted(p.name for p in thesis.iterdir()) == before  # nothing written, not even a lock
     assert (thesis / "thesis.tex").read_text() == "years of work"
 
@@ -69,56 +69,56 @@ def test_fresh_run_refuses_a_non_empty_foreign_folder_but_takes_an_empty_one(tmp
     cfg = _cfg()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("x")
-    with pytest.raises(ckpt_mod.NotARunFolderError, match="choose a new or empty folder"):
-        ckpt_mod.prepare_run_dir(tmp_path / "notes", cfg)
+    with pytest.raises(run_folder.NotARunFolderError, match="choose a new or empty folder"):
+        run_folder.prepare_run_dir(tmp_path / "notes", cfg)
     (tmp_path / "empty").mkdir()
-    ckpt_mod.prepare_run_dir(tmp_path / "empty", cfg, stage="global")
-    assert ckpt_mod.read_marker(tmp_path / "empty")["stage"] == "global"
-    with pytest.raises(ckpt_mod.NotARunFolderError, match="is a file"):
+    run_folder.prepare_run_dir(tmp_path / "empty", cfg, stage="global")
+    assert run_folder.read_marker(tmp_path / "empty")["stage"] == "global"
+    with pytest.raises(run_folder.NotARunFolderError, match="is a file"):
         (tmp_path / "f").write_text("x")
-        ckpt_mod.prepare_run_dir(tmp_path / "f", cfg)
+        run_folder.prepare_run_dir(tmp_path / "f", cfg)
 
 
 def test_overwrite_replaces_only_our_files_and_refuses_other_files(ci_split, tmp_path):
     out = tmp_path / "r"
     cfg = _cfg()
-    loops.pretrain_global(cfg, ci_split.pool, out=out, progress=False)
+    pretrain.pretrain_global(cfg, ci_split.pool, out=out, progress=False)
     (out / "figure.png").write_bytes(b"png")
-    with pytest.raises(ckpt_mod.RunExistsError, match=r"figure\.png.*delete the folder by hand"):
-        loops.pretrain_global(cfg, ci_split.pool, out=out, overwrite=True, progress=False)
+    with pytest.raises(run_folder.RunExistsError, match=r"figure\.png.*delete the folder by hand"):
+        pretrain.pretrain_global(cfg, ci_split.pool, out=out, overwrite=True, progress=False)
     assert (out / "figure.png").exists() and (out / "final.pt").exists()  # nothing deleted
     (out / "figure.png").unlink()
     old_final = (out / "final.pt").stat().st_mtime_ns
     (out / ".last.pt.abc123.tmp").write_bytes(b"half")
-    loops.pretrain_global(cfg, ci_split.pool, out=out, overwrite=True, progress=False)
+    pretrain.pretrain_global(cfg, ci_split.pool, out=out, overwrite=True, progress=False)
     assert (out / "final.pt").stat().st_mtime_ns != old_final
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [ckpt_mod.MARKER_NAME, "config.json", "final.pt", "history.csv", "last.pt"])
+        [run_folder.MARKER_NAME, "config.json", "final.pt", "history.csv", "last.pt"])
 
 
 def test_unmarked_older_run_resumes_but_is_not_overwritten(ci_split, tmp_path):
     out = tmp_path / "old"
     cfg = _cfg()
-    loops.pretrain_global(cfg, ci_split.pool, out=out, progress=False)
-    (out / ckpt_mod.MARKER_NAME).unlink()  # as written before the marker existed
-    assert ckpt_mod.folder_kind(out) == "legacy"
-    with pytest.raises(ckpt_mod.RunExistsError, match="delete the folder by hand"):
-        loops.pretrain_global(cfg, ci_split.pool, out=out, overwrite=True, progress=False)
+    pretrain.pretrain_global(cfg, ci_split.pool, out=out, progress=False)
+    (out / run_folder.MARKER_NAME).unlink()  # as written before the marker existed
+    assert run_folder.folder_kind(out) == "legacy"
+    with pytest.raises(run_folder.RunExistsError, match="delete the folder by hand"):
+        pretrain.pretrain_global(cfg, ci_split.pool, out=out, overwrite=True, progress=False)
     assert (out / "final.pt").exists()
-    with pytest.raises(ckpt_mod.RunExistsError, match="already holds a run"):
-        loops.pretrain_global(cfg, ci_split.pool, out=out, progress=False)
-    loops.pretrain_global(cfg, ci_split.pool, out=out, resume=True, progress=False)
-    assert ckpt_mod.read_marker(out)["adopted"] is True  # resumed, hence recognised as ours
+    with pytest.raises(run_folder.RunExistsError, match="already holds a run"):
+        pretrain.pretrain_global(cfg, ci_split.pool, out=out, progress=False)
+    pretrain.pretrain_global(cfg, ci_split.pool, out=out, resume=True, progress=False)
+    assert run_folder.read_marker(out)["adopted"] is True  # resumed, hence recognised as ours
     # an older grid cell kept as text (config.json and history.csv, weights deleted) is a run too
     cell = tmp_path / "cell"
     cell.mkdir()
     cfg.to_json(cell / "config.json")
     (cell / "history.csv").write_text("step,loss\n1,0.5\n")
-    assert ckpt_mod.folder_kind(cell) == "legacy"
-    with pytest.raises(ckpt_mod.RunExistsError, match="delete the folder by hand"):
-        ckpt_mod.prepare_run_dir(cell, cfg, overwrite=True)
-    ckpt_mod.prepare_run_dir(cell, cfg, resume=True, stage="global")
-    assert (cell / "history.csv").exists() and ckpt_mod.read_marker(cell)["stage"] == "global"
+    assert run_folder.folder_kind(cell) == "legacy"
+    with pytest.raises(run_folder.RunExistsError, match="delete the folder by hand"):
+        run_folder.prepare_run_dir(cell, cfg, overwrite=True)
+    run_folder.prepare_run_dir(cell, cfg, resume=True, stage="global")
+    assert (cell / "history.csv").exists() and run_folder.read_marker(cell)["stage"] == "global"
 
 
 # --------------------------------------------------------------------------------------------- --out vs --data
@@ -174,14 +174,14 @@ def test_locked_run_folder_is_refused_with_the_pid(ci_split, tmp_path):
     holder = _hold_lock(out)
     try:
         with pytest.raises(RunLockedError, match=rf"in use by pid {holder.pid} on") as info:
-            loops.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
+            pretrain.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
         assert info.value.pid == holder.pid
         assert not (out / "config.json").exists()  # refused before writing
     finally:
         holder.kill()
         holder.wait()
     # the holder is gone (killed: its lock file stays): a stale lock, taken over
-    loops.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
+    pretrain.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
     assert (out / "final.pt").exists() and not (out / LOCK_NAME).exists()
 
 
@@ -190,13 +190,13 @@ def test_stale_lock_is_taken_over_with_a_warning(tmp_path, capsys):
     out.mkdir()
     dead = _dead_pid()
     (out / LOCK_NAME).write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "token": "old"}))
-    ckpt_mod.prepare_run_dir(out, _cfg())
+    run_folder.prepare_run_dir(out, _cfg())
     assert f"taking over a stale lock of pid {dead}" in capsys.readouterr().err
     assert not (out / LOCK_NAME).exists() and (out / "config.json").exists()
     # a lock of a live process on another host cannot be checked: refused, saying what to delete
     (out / LOCK_NAME).write_text(json.dumps({"pid": dead, "host": "elsewhere", "token": "x"}))
     with pytest.raises(RunLockedError, match=rf"pid {dead} on elsewhere.*delete .*{LOCK_NAME}"):
-        ckpt_mod.prepare_run_dir(out, _cfg(), resume=True)
+        run_folder.prepare_run_dir(out, _cfg(), resume=True)
 
 
 def test_lock_is_released_on_exceptions(tmp_path):
@@ -232,12 +232,12 @@ def test_two_experiments_on_one_folder_never_record_a_cell_twice(tmp_path, capsy
     assert main(args) == 0
     again = pd.read_csv(out / "results.csv")
     assert len(again) == len(rows) and not again.duplicated(["strategy", "n_labelled", "seed", "volume", "class"]).any()
-    assert ckpt_mod.read_marker(out)["stage"] == "experiment"
+    assert run_folder.read_marker(out)["stage"] == "experiment"
 
 
 def test_experiment_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "paper.md").write_text("draft")
-    with pytest.raises(ckpt_mod.NotARunFolderError, match="not a glcl_core grid folder"):
+    with pytest.raises(run_folder.NotARunFolderError, match="not a glcl_core grid folder"):
         experiment.run_experiment(make_config("ci"), tmp_path, inits=["random"], n_labelled=[1], seeds=[0],
                                   progress=False, log=lambda *_: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["paper.md"]
@@ -246,7 +246,7 @@ def test_experiment_refuses_a_foreign_folder(tmp_path):
 # ------------------------------------------------------------------------------------------------------ Ctrl-C
 def test_ctrl_c_prints_one_line_exits_130_and_resume_continues(tmp_path, monkeypatch, capsys):
     out = tmp_path / "pre"
-    real_step = loops._optimiser_step
+    real_step = pretrain._optimiser_step
     calls = {"n": 0}
 
     def interrupted_step(*args, **kwargs):
@@ -255,7 +255,7 @@ def test_ctrl_c_prints_one_line_exits_130_and_resume_continues(tmp_path, monkeyp
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(loops, "_optimiser_step", interrupted_step)
+    monkeypatch.setattr(pretrain, "_optimiser_step", interrupted_step)
     args = ["pretrain", "--profile", "ci", "--strategy", "GD", "--iterations", "4", "--out", str(out)]
     assert main(args) == 130
     lines = _lines(capsys.readouterr().err)
@@ -264,7 +264,7 @@ def test_ctrl_c_prints_one_line_exits_130_and_resume_continues(tmp_path, monkeyp
     assert lines[0].endswith(f"resume with: python -m glcl_core {' '.join(args)} --resume")
     assert ckpt_mod.load_checkpoint(out / "global" / "last.pt")["step"] == 2  # intact
     assert not (out / "global" / LOCK_NAME).exists()  # released
-    monkeypatch.setattr(loops, "_optimiser_step", real_step)
+    monkeypatch.setattr(pretrain, "_optimiser_step", real_step)
     calls["n"] = 0
     assert main([*args, "--resume"]) == 0
     history = pd.read_csv(out / "global" / "history.csv")
@@ -274,11 +274,11 @@ def test_ctrl_c_prints_one_line_exits_130_and_resume_continues(tmp_path, monkeyp
 
 def test_interrupt_before_the_first_checkpoint_leaves_no_run(ci_split, tmp_path, monkeypatch):
     out = tmp_path / "r"
-    monkeypatch.setattr(loops, "_optimiser_step", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(pretrain, "_optimiser_step", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     from glcl_core.train.engine import TrainingInterrupted
 
     with pytest.raises(TrainingInterrupted) as info:
-        loops.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
+        pretrain.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
     assert (info.value.step, info.value.checkpoint_step) == (0, 0)
     assert not out.exists()  # nothing worth keeping: the retry starts cleanly
 
@@ -296,20 +296,20 @@ def test_resume_without_an_earlier_run_says_it_starts_fresh(tmp_path, capsys):
 
 def test_refused_resume_names_the_differences(ci_split, tmp_path):
     out = tmp_path / "r"
-    loops.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
+    pretrain.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
     config_before = (out / "config.json").read_text()
     other = _cfg(global_={"lr": 0.5, "temperature": 0.2})
     with pytest.raises(ValueError, match=r"differs.*global_\.lr: 0\.001 -> 0\.5; global_\.temperature: 0\.1 -> 0\.2"):
-        loops.pretrain_global(other, ci_split.pool, out=out, resume=True, progress=False)
+        pretrain.pretrain_global(other, ci_split.pool, out=out, resume=True, progress=False)
     # a finished run is not resumed with fewer iterations (and config.json is not rewritten)
     with pytest.raises(ValueError, match="finished 2 global iterations and this one asks for 1"):
-        loops.pretrain_global(_cfg(global_={"iterations": 1}), ci_split.pool, out=out, resume=True, progress=False)
+        pretrain.pretrain_global(_cfg(global_={"iterations": 1}), ci_split.pool, out=out, resume=True, progress=False)
     assert (out / "config.json").read_text() == config_before
     # a run of another stage is not resumed as this one
     with pytest.raises(ValueError, match="holds a global run, not a local run"):
-        loops.pretrain_local(_cfg(), ci_split.pool, init=out / "final.pt", out=out, resume=True, progress=False)
+        pretrain.pretrain_local(_cfg(), ci_split.pool, init=out / "final.pt", out=out, resume=True, progress=False)
     # more iterations: allowed, the run continues
-    longer = loops.pretrain_global(_cfg(global_={"iterations": 3}), ci_split.pool, out=out, resume=True,
+    longer = pretrain.pretrain_global(_cfg(global_={"iterations": 3}), ci_split.pool, out=out, resume=True,
                                    progress=False)
     assert list(longer.history["step"]) == [1, 2, 3]
 
@@ -318,12 +318,12 @@ def test_refused_resume_names_the_differences(ci_split, tmp_path):
 def test_orphan_temporary_files_are_removed_at_the_next_start(ci_split, tmp_path):
     out = tmp_path / "r"
     cfg = _cfg()
-    loops.pretrain_global(cfg, ci_split.pool, out=out, progress=False)
+    pretrain.pretrain_global(cfg, ci_split.pool, out=out, progress=False)
     orphans = [".last.pt.k1ll3d.tmp", ".history.csv.x9.tmp", ".config.json.q.tmp"]
     for name in orphans:
         (out / name).write_bytes(b"half written")
     (out / ".mine.tmp").write_text("not one of ours")  # left alone: not a temporary file of our writes
-    loops.pretrain_global(cfg, ci_split.pool, out=out, resume=True, progress=False)
+    pretrain.pretrain_global(cfg, ci_split.pool, out=out, resume=True, progress=False)
     assert not any((out / name).exists() for name in orphans)
     assert (out / ".mine.tmp").exists()
 
@@ -332,14 +332,14 @@ def test_failed_start_up_leaves_no_half_run_folder(ci_split, tmp_path):
     out = tmp_path / "r"
     bad = _cfg(global_={"optimizer": "rmsprop"})  # raises while the stage is built, before the first step
     with pytest.raises(ValueError, match="unknown optimizer"):
-        loops.pretrain_global(bad, ci_split.pool, out=out, progress=False)
+        pretrain.pretrain_global(bad, ci_split.pool, out=out, progress=False)
     assert not out.exists()
     # an existing empty folder stays, empty
     out.mkdir()
     with pytest.raises(ValueError, match="unknown optimizer"):
-        loops.pretrain_global(bad, ci_split.pool, out=out, progress=False)
+        pretrain.pretrain_global(bad, ci_split.pool, out=out, progress=False)
     assert out.exists() and not any(out.iterdir())
     # a half folder left by a process killed during start-up (marker and config, no results) does not block
-    ckpt_mod.prepare_run_dir(out, bad, stage="global")
-    loops.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
+    run_folder.prepare_run_dir(out, bad, stage="global")
+    pretrain.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
     assert (out / "final.pt").exists()

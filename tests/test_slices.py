@@ -1,10 +1,10 @@
-"""glcl_core.slices (cross-volume slice statistics) and the chapter-1 figures and widgets built on it."""
+"""glcl_core.analysis.slices (cross-volume slice statistics) and the chapter-1 figures and widgets built on it."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from glcl_core import slices
+from glcl_core.analysis import slices
 from glcl_core.data import Volume
 
 

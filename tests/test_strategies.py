@@ -9,25 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from glcl_core.batch import Batch
-from glcl_core.losses import (
+from glcl_core.contrastive.global_masks import GLOBAL_REDUCTION, GLOBAL_STRATEGIES, global_loss, global_masks
+from glcl_core.contrastive.kernel import info_nce_loop_reference
+from glcl_core.contrastive.local_masks import local_ld_pairs, local_loss, local_masks
+from glcl_core.contrastive.local_negatives import resolve_local_negatives
+from glcl_core.contrastive.regions import (
     OFFICIAL_SPARSE_NEGATIVES,
     SPARSE_EXTRA_LATTICE,
     SPARSE_LATTICE,
     grid_region_corners,
-    info_nce_loop_reference,
+    local_region_corners,
     official_negative_regions,
     sparse_region_corners,
-)
-from glcl_core.strategies import (
-    GLOBAL_REDUCTION,
-    GLOBAL_STRATEGIES,
-    global_loss,
-    global_masks,
-    local_ld_pairs,
-    local_loss,
-    local_masks,
-    local_region_corners,
-    resolve_local_negatives,
 )
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

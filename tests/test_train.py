@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from glcl_core.train import checkpoint as ckpt_mod
-from glcl_core.train import loops
+from glcl_core.train import evaluation, finetuning, pretrain, pretrain_step, run_folder, stages
 from glcl_core.train.config import RunConfig, make_config
 
 
@@ -52,7 +52,7 @@ def test_config_rejects_unknown_fields():
 @pytest.mark.parametrize("strategy", ["GR", "GD-", "GD", "PCL"])
 def test_pretrain_global_each_strategy(ci_config, ci_split, strategy, tmp_path):
     cfg = make_config("ci", global_={"strategy": strategy})
-    res = loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "run", progress=False)
+    res = pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "run", progress=False)
     assert len(res.history) == cfg.global_.iterations
     assert np.isfinite(res.history["loss"]).all() and (res.history["loss"] > 0).all()
     assert {"config.json", "history.csv", "last.pt", "final.pt"} <= {p.name for p in (tmp_path / "run").iterdir()}
@@ -63,9 +63,9 @@ def test_pretrain_global_each_strategy(ci_config, ci_split, strategy, tmp_path):
 @pytest.mark.parametrize("strategy", ["LR", "LD"])
 def test_pretrain_local_freezes_encoder(ci_split, strategy):
     cfg = make_config("ci", local={"strategy": strategy})
-    g = loops.pretrain_global(cfg, ci_split.pool, progress=False)
+    g = pretrain.pretrain_global(cfg, ci_split.pool, progress=False)
     before = g.weights()
-    loc = loops.pretrain_local(cfg, ci_split.pool, init=g, progress=False)
+    loc = pretrain.pretrain_local(cfg, ci_split.pool, init=g, progress=False)
     after = loc.weights()
     enc = [k for k in after if k.startswith("encoder.")]
     dec = [k for k in after if k.startswith(f"decoder.0.") and k.endswith("weight")]
@@ -86,30 +86,30 @@ def test_local_config_defaults_old_files_and_heads():
     for key in ("negatives", "ld_pairs", "ld_negative_regions", "head_norm", "projection", "projection_dim"):
         del d["local"][key]
     assert RunConfig.from_dict(d).local == lc
-    model = loops.build_model(make_config("ci"))
+    model = stages.build_model(make_config("ci"))
     c = model.decoder_channels(lc.decoder_blocks)
-    head = loops.build_local_head(make_config("ci"), model)
+    head = pretrain.build_local_head(make_config("ci"), model)
     assert isinstance(head.net[1], torch.nn.BatchNorm2d)
     assert (head.projection.in_features, head.projection.out_features) == (c * 9, 128)
-    mean = loops.build_local_head(make_config("ci", local={"pooling": "mean", "projection_dim": 16}), model)
+    mean = pretrain.build_local_head(make_config("ci", local={"pooling": "mean", "projection_dim": 16}), model)
     assert (mean.projection.in_features, mean.projection.out_features) == (c, 16)
-    plain = loops.build_local_head(make_config("ci", local={"projection": "none", "head_norm": False}), model)
+    plain = pretrain.build_local_head(make_config("ci", local={"projection": "none", "head_norm": False}), model)
     assert plain.projection is None and isinstance(plain.net[1], torch.nn.Identity)
 
 
 def test_pretrain_local_trains_and_saves_the_region_projection(ci_split, tmp_path, monkeypatch):
     cfg = make_config("ci", global_={"iterations": 1}, local={"strategy": "LD", "iterations": 2})
-    g = loops.pretrain_global(cfg, ci_split.pool, progress=False)
+    g = pretrain.pretrain_global(cfg, ci_split.pool, progress=False)
     initial = []
-    build = loops.build_local_head
+    build = pretrain.build_local_head
 
     def spy(*args, **kwargs):
         head = build(*args, **kwargs)
         initial.append({k: v.detach().clone() for k, v in head.state_dict().items()})
         return head
 
-    monkeypatch.setattr(loops, "build_local_head", spy)
-    loc = loops.pretrain_local(cfg, ci_split.pool, init=g, out=tmp_path / "loc", progress=False)
+    monkeypatch.setattr(pretrain, "build_local_head", spy)
+    loc = pretrain.pretrain_local(cfg, ci_split.pool, init=g, out=tmp_path / "loc", progress=False)
     trained = {k: v.detach().cpu() for k, v in loc.head.state_dict().items()}
     assert not torch.equal(initial[0]["projection.weight"], trained["projection.weight"]), "projection is trained"
     assert not torch.equal(initial[0]["net.0.weight"], trained["net.0.weight"])
@@ -120,16 +120,16 @@ def test_pretrain_local_trains_and_saves_the_region_projection(ci_split, tmp_pat
     old = make_config("ci", global_={"iterations": 1}, local={
         "strategy": "LD", "iterations": 2, "projection": "none", "head_norm": False, "negatives": "random",
         "ld_pairs": "symmetric"})
-    res = loops.pretrain_local(old, ci_split.pool, init=g, progress=False)
+    res = pretrain.pretrain_local(old, ci_split.pool, init=g, progress=False)
     assert res.head.projection is None and np.isfinite(res.history["loss"]).all()
 
 
 def test_finetune_and_evaluate(ci_split):
     cfg = make_config("ci")
-    res = loops.finetune(cfg, ci_split.pool[:1], ci_split.val, progress=False)
+    res = finetuning.finetune(cfg, ci_split.pool[:1], ci_split.val, progress=False)
     assert res.extra["best_step"] in (3, 6) and 0.0 <= res.extra["best_val_dice"] <= 1.0
     assert "val_dice" in res.history.columns
-    scores = loops.evaluate(res.model, ci_split.test, n_classes=cfg.model.n_classes)
+    scores = evaluation.evaluate(res.model, ci_split.test, n_classes=cfg.model.n_classes)
     assert len(scores) == len(ci_split.test) * (cfg.model.n_classes - 1)
     assert scores["dice"].between(0, 1).all()
     # the embedded volumes come through the NIfTI loader: Dice on each volume's native grid
@@ -138,11 +138,11 @@ def test_finetune_and_evaluate(ci_split):
 
 def test_finetune_loads_pretrained_parts(ci_split):
     cfg = make_config("ci")
-    g = loops.pretrain_global(cfg, ci_split.pool, progress=False)
-    res = loops.finetune(cfg, ci_split.pool[:1], [], init=g, progress=False)
+    g = pretrain.pretrain_global(cfg, ci_split.pool, progress=False)
+    res = finetuning.finetune(cfg, ci_split.pool[:1], [], init=g, progress=False)
     assert res.extra["loaded"] == ["encoder"]
-    loc = loops.pretrain_local(cfg, ci_split.pool, init=g, progress=False)
-    res = loops.finetune(cfg, ci_split.pool[:1], [], init=loc, progress=False)
+    loc = pretrain.pretrain_local(cfg, ci_split.pool, init=g, progress=False)
+    res = finetuning.finetune(cfg, ci_split.pool[:1], [], init=loc, progress=False)
     assert res.extra["loaded"] == ["encoder", "decoder"]
 
 
@@ -151,7 +151,7 @@ def test_finetune_requires_labels(ci_split):
     vol = ci_split.pool[0]
     unlabelled = type(vol)(name="u", image=vol.image, label=None, spacing=vol.spacing)
     with pytest.raises(ValueError, match="need labels"):
-        loops.finetune(cfg, [unlabelled], [], progress=False)
+        finetuning.finetune(cfg, [unlabelled], [], progress=False)
 
 
 def test_dice_per_class_known_values():
@@ -159,7 +159,7 @@ def test_dice_per_class_known_values():
     target[0, :2] = 1  # 8 voxels of class 1
     pred = np.zeros_like(target)
     pred[0, :1] = 1  # 4 voxels, all inside
-    d = loops.dice_per_class(pred, target, 3)
+    d = evaluation.dice_per_class(pred, target, 3)
     assert d[1] == pytest.approx(2 * 4 / 12)
     assert d[0] == pytest.approx(2 * 8 / (12 + 8))
     assert np.isnan(d[2])  # absent from both: undefined, not 1
@@ -170,30 +170,30 @@ def test_segmentation_loss_prefers_correct_logits():
     good = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float() * 10
     bad = torch.roll(good, 1, dims=1)
     for kind in ("dice", "dice+ce"):
-        assert loops.segmentation_loss(good, labels, kind) < 0.05 < loops.segmentation_loss(bad, labels, kind)
+        assert finetuning.segmentation_loss(good, labels, kind) < 0.05 < finetuning.segmentation_loss(bad, labels, kind)
     with pytest.raises(ValueError):
-        loops.segmentation_loss(good, labels, "focal")
+        finetuning.segmentation_loss(good, labels, "focal")
 
 
 def test_run_folder_never_overwritten(ci_split, tmp_path):
     cfg = make_config("ci", global_={"iterations": 1})
-    loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "r", progress=False)
+    pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "r", progress=False)
     marker = (tmp_path / "r" / "final.pt").read_bytes()
-    with pytest.raises(ckpt_mod.RunExistsError):
-        loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "r", progress=False)
+    with pytest.raises(run_folder.RunExistsError):
+        pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "r", progress=False)
     assert (tmp_path / "r" / "final.pt").read_bytes() == marker
     other = make_config("ci", global_={"iterations": 1, "lr": 0.5})
     with pytest.raises(ValueError, match="differs"):
-        loops.pretrain_global(other, ci_split.pool, out=tmp_path / "r", resume=True, progress=False)
-    loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "r", overwrite=True, progress=False)
+        pretrain.pretrain_global(other, ci_split.pool, out=tmp_path / "r", resume=True, progress=False)
+    pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "r", overwrite=True, progress=False)
 
 
 def test_resume_after_crash_gives_identical_weights(ci_split, tmp_path, monkeypatch):
     """Interrupt global pre-training mid-run, resume, and end with exactly the uninterrupted weights."""
     cfg = make_config("ci", global_={"strategy": "GD", "iterations": 6, "checkpoint_every": 2})
-    full = loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "full", progress=False)
+    full = pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "full", progress=False)
 
-    real_step = loops._optimiser_step  # the stage's one optimiser call per step
+    real_step = pretrain._optimiser_step  # the stage's one optimiser call per step
     calls = {"n": 0}
 
     def crashing_step(*args, **kwargs):
@@ -202,12 +202,12 @@ def test_resume_after_crash_gives_identical_weights(ci_split, tmp_path, monkeypa
             raise KeyboardInterrupt("session dropped")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(loops, "_optimiser_step", crashing_step)
+    monkeypatch.setattr(pretrain, "_optimiser_step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
-        loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", progress=False)
-    monkeypatch.setattr(loops, "_optimiser_step", real_step)
+        pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", progress=False)
+    monkeypatch.setattr(pretrain, "_optimiser_step", real_step)
     assert ckpt_mod.load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 2
-    resumed = loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", resume=True, progress=False)
+    resumed = pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", resume=True, progress=False)
     assert _same_weights(full.weights(), resumed.weights())
     assert _same_weights(full.head.state_dict(), resumed.head.state_dict())
     assert list(resumed.history["loss"]) == list(full.history["loss"])
@@ -249,11 +249,11 @@ def test_sgd_cosine_lr_follows_pcl_scheduler():
 
     g = make_config("cpu", preset="pcl", global_={"iterations": 8}).global_
     param = torch.nn.Parameter(torch.zeros(2))
-    optimiser = loops._global_optimiser([param], g)
+    optimiser = pretrain._global_optimiser([param], g)
     assert isinstance(optimiser, torch.optim.SGD)
     group = optimiser.param_groups[0]
     assert (group["momentum"], group["weight_decay"], group["nesterov"]) == (0.9, 1e-5, False)
-    schedule = loops._lr_schedule(optimiser, g)
+    schedule = pretrain._lr_schedule(optimiser, g)
     used = []
     for _ in range(g.iterations):
         used.append(group["lr"])
@@ -264,26 +264,26 @@ def test_sgd_cosine_lr_follows_pcl_scheduler():
     assert used == pytest.approx(want, rel=1e-12, abs=0)
     assert used[0] == 0.1 and used[4] == pytest.approx(0.05) and used[-1] > 0
     # warm-up (ours): (t + 1) / warmup for the first steps; constant: the base lr throughout
-    f = loops.LRFactor("cosine", 8, warmup=2)
+    f = pretrain.LRFactor("cosine", 8, warmup=2)
     assert [f(0), f(1)] == pytest.approx([0.5 * want[0] / 0.1, want[1] / 0.1])
-    assert [loops.LRFactor("constant", 8)(t) for t in (0, 7)] == [1.0, 1.0]
+    assert [pretrain.LRFactor("constant", 8)(t) for t in (0, 7)] == [1.0, 1.0]
     glcl = make_config("cpu").global_
-    assert isinstance(loops._global_optimiser([param], glcl), torch.optim.Adam)
+    assert isinstance(pretrain._global_optimiser([param], glcl), torch.optim.Adam)
     with pytest.raises(ValueError, match="schedule"):
-        loops.LRFactor("step", 8)
+        pretrain.LRFactor("step", 8)
     with pytest.raises(ValueError, match="optimizer"):
-        loops._global_optimiser([param], make_config("cpu", global_={"optimizer": "rmsprop"}).global_)
+        pretrain._global_optimiser([param], make_config("cpu", global_={"optimizer": "rmsprop"}).global_)
 
 
 def test_gd_pairing_reaches_the_loss_masks():
-    from glcl_core.strategies import global_masks
+    from glcl_core.contrastive.global_masks import global_masks
 
     vol = torch.arange(4).repeat_interleave(2)
     meta = {"image": torch.arange(16) % 8, "volume": torch.cat([vol, vol]),
             "partition": torch.arange(2).repeat(8), "position": None}
     for pairing in ("all", "neighbour"):
         cfg = make_config("ci", global_={"strategy": "GD", "gd_pairing": pairing})
-        got = loops._global_masks(meta, cfg)
+        got = pretrain_step._global_masks(meta, cfg)
         want = global_masks("GD", **meta, pairing=pairing)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert make_config("ci").global_.gd_pairing == "all"
@@ -303,7 +303,7 @@ def test_pcl_base_temperature_scales_loss_and_chance():
     for base in (None, 0.07):
         cfg = make_config("ci", global_={"strategy": "PCL", "threshold": 0.35, "base_temperature": base})
         stats: dict = {}
-        out[base] = (loops._global_views_loss(embed, views, cfg, stats).item(), stats["chance"])
+        out[base] = (pretrain_step._global_views_loss(embed, views, cfg, stats).item(), stats["chance"])
     assert out[0.07][0] == pytest.approx(out[None][0] * 0.1 / 0.07, rel=1e-12)
     assert out[0.07][0] / out[0.07][1] == pytest.approx(out[None][0] / out[None][1], rel=1e-12)
 
@@ -311,13 +311,13 @@ def test_resume_with_pcl_preset_and_lr_schedule_gives_identical_weights(ci_split
     """SGD + cosine + pooled 512-d head: interrupt after the step-2 checkpoint, resume, end bit-identical (the
     schedule's state is in the checkpoint: without it the resumed lr sequence, hence the weights, differ)."""
     cfg = make_config("ci", preset="pcl", global_={"iterations": 3, "checkpoint_every": 1, "log_every": 3})
-    full = loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "full", progress=False)
+    full = pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "full", progress=False)
     assert full.head.out_dim == 512 and full.head.hidden == full.model.bottleneck_shape[0]
     saved = ckpt_mod.load_checkpoint(tmp_path / "full" / "last.pt")["state"]
     assert saved["schedule"]["last_epoch"] == 3
     assert saved["optimiser"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cos(pi) after the end
 
-    real_step = loops._optimiser_step
+    real_step = pretrain._optimiser_step
     calls = {"n": 0}
 
     def crashing_step(*args, **kwargs):
@@ -326,13 +326,13 @@ def test_resume_with_pcl_preset_and_lr_schedule_gives_identical_weights(ci_split
             raise KeyboardInterrupt("session dropped")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(loops, "_optimiser_step", crashing_step)
+    monkeypatch.setattr(pretrain, "_optimiser_step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
-        loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", progress=False)
-    monkeypatch.setattr(loops, "_optimiser_step", real_step)
+        pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", progress=False)
+    monkeypatch.setattr(pretrain, "_optimiser_step", real_step)
     cut = ckpt_mod.load_checkpoint(tmp_path / "cut" / "last.pt")
     assert cut["step"] == 2 and cut["state"]["schedule"]["last_epoch"] == 2
-    resumed = loops.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", resume=True, progress=False)
+    resumed = pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", resume=True, progress=False)
     assert _same_weights(full.weights(), resumed.weights())
     assert _same_weights(full.head.state_dict(), resumed.head.state_dict())
     assert list(resumed.history["loss"]) == list(full.history["loss"])
@@ -340,10 +340,10 @@ def test_resume_with_pcl_preset_and_lr_schedule_gives_identical_weights(ci_split
 
 def test_resume_finetune_keeps_best_model(ci_split, tmp_path):
     cfg = make_config("ci")
-    full = loops.finetune(cfg, ci_split.pool[:1], ci_split.val, out=tmp_path / "a", progress=False)
+    full = finetuning.finetune(cfg, ci_split.pool[:1], ci_split.val, out=tmp_path / "a", progress=False)
     half = make_config("ci", finetune={"iterations": 3})
-    loops.finetune(half, ci_split.pool[:1], ci_split.val, out=tmp_path / "b", progress=False)
-    resumed = loops.finetune(cfg, ci_split.pool[:1], ci_split.val, out=tmp_path / "b", resume=True, progress=False)
+    finetuning.finetune(half, ci_split.pool[:1], ci_split.val, out=tmp_path / "b", progress=False)
+    resumed = finetuning.finetune(cfg, ci_split.pool[:1], ci_split.val, out=tmp_path / "b", resume=True, progress=False)
     assert _same_weights(full.weights(), resumed.weights())
     assert resumed.extra["best_step"] == full.extra["best_step"]
 
@@ -381,12 +381,12 @@ def test_segmentation_loss_glcl_is_per_image_dice_with_background():
     p1 = torch.tensor([[[0.25, 0.75], [0.5, 0.5]], [[0.25, 0.25], [0.25, 0.25]]], dtype=torch.float64)
     logits = torch.stack([1 - p1, p1], dim=1).log().requires_grad_(True)
     labels = torch.tensor([[[0, 1], [1, 1]], [[0, 0], [0, 0]]])
-    loss = loops.segmentation_loss(logits, labels, "glcl")
+    loss = finetuning.segmentation_loss(logits, labels, "glcl")
     assert float(loss.detach()) == pytest.approx(1 - (0.7 + 0.5 + 0.0 + 6 / 7) / 4, rel=1e-9)
     loss.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     # "dice": one batch-wide Dice of the foreground class: 2 * 1.75 / ((2 + 1) + 3)
-    batch = loops.segmentation_loss(logits.detach(), labels, "dice")
+    batch = finetuning.segmentation_loss(logits.detach(), labels, "dice")
     assert float(batch) == pytest.approx(1 - (3.5 + 1e-5) / (6 + 1e-5), rel=1e-9)
 
 
@@ -397,31 +397,31 @@ def test_segmentation_loss_glcl_gradient_finite_for_absent_classes():
     logits = torch.zeros(2, 3, 8, 8)
     logits[:, 0] = 100.0  # softmax underflows to exactly 0 for classes 1 and 2
     logits.requires_grad_(True)
-    loss = loops.segmentation_loss(logits, labels, "glcl")
+    loss = finetuning.segmentation_loss(logits, labels, "glcl")
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     good = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 10
-    assert float(loops.segmentation_loss(good, labels, "glcl")) == pytest.approx(1 - 3 / 6, abs=1e-3)  # 3 absent
+    assert float(finetuning.segmentation_loss(good, labels, "glcl")) == pytest.approx(1 - 3 / 6, abs=1e-3)  # 3 absent
 
 
 def test_finetune_loss_from_config(ci_split):
     cfg = make_config("ci", finetune={"loss": "glcl", "iterations": 2})
-    res = loops.finetune(cfg, ci_split.pool[:1], [], progress=False)
+    res = finetuning.finetune(cfg, ci_split.pool[:1], [], progress=False)
     assert np.isfinite(res.history["loss"]).all()
     with pytest.raises(ValueError, match="finetune.loss"):
-        loops.finetune(make_config("ci", finetune={"loss": "focal"}), ci_split.pool[:1], [], progress=False)
+        finetuning.finetune(make_config("ci", finetune={"loss": "focal"}), ci_split.pool[:1], [], progress=False)
     with pytest.raises(ValueError, match="val_resolution"):
-        loops.finetune(cfg, ci_split.pool[:1], [], progress=False, val_resolution="original")
+        finetuning.finetune(cfg, ci_split.pool[:1], [], progress=False, val_resolution="original")
 
 
 def test_frozen_probe_trains_only_what_was_not_pre_trained(ci_split):
     """FinetuneConfig.freeze: the encoder (and decoder blocks loaded from a local stage) keep their weights and
     norm statistics; the rest of the decoder and the head change."""
     cfg = make_config("ci", finetune={"freeze": True})
-    g = loops.pretrain_global(cfg, ci_split.pool, progress=False)
-    loc = loops.pretrain_local(cfg, ci_split.pool, init=g, progress=False)
+    g = pretrain.pretrain_global(cfg, ci_split.pool, progress=False)
+    loc = pretrain.pretrain_local(cfg, ci_split.pool, init=g, progress=False)
     loaded = {k: v.clone() for k, v in loc.model.state_dict().items()}
-    res = loops.finetune(cfg, ci_split.pool[:1], [], init=loc, progress=False)
+    res = finetuning.finetune(cfg, ci_split.pool[:1], [], init=loc, progress=False)
     after = res.model.state_dict()
     enc = [k for k in after if k.startswith("encoder.")]
     assert enc and all(torch.equal(after[k], loaded[k]) for k in enc)  # BN running stats included
@@ -432,14 +432,14 @@ def test_frozen_probe_trains_only_what_was_not_pre_trained(ci_split):
     rest = [k for k in after if k.startswith(f"decoder.{cfg.local.decoder_blocks}.") and after[k].is_floating_point()]
     assert rest and any(not torch.equal(after[k], loaded[k]) for k in rest)  # the last block was trained
     # random initialisation, frozen: a random-encoder probe (the encoder stays at its initial values)
-    r1 = loops.finetune(cfg, ci_split.pool[:1], [], progress=False)
-    loops._seed_everything(cfg.seed)
-    start = loops.build_model(cfg).state_dict()
+    r1 = finetuning.finetune(cfg, ci_split.pool[:1], [], progress=False)
+    stages._seed_everything(cfg.seed)
+    start = stages.build_model(cfg).state_dict()
     assert all(torch.equal(r1.model.state_dict()[k], start[k]) for k in enc)
     assert any(not torch.equal(r1.model.state_dict()[k], start[k]) for k in after if k not in enc
                and after[k].is_floating_point())
     # unfrozen fine-tuning changes the encoder
-    r2 = loops.finetune(make_config("ci"), ci_split.pool[:1], [], init=loc, progress=False)
+    r2 = finetuning.finetune(make_config("ci"), ci_split.pool[:1], [], init=loc, progress=False)
     assert any(not torch.equal(r2.model.state_dict()[k], loaded[k]) for k in enc if loaded[k].is_floating_point())
 
 
@@ -454,17 +454,17 @@ def test_gpu_profile_runs_one_step_of_every_stage_at_paper_shapes():
     assert split.pool[0].image.shape[1:] == (192, 192)
     for strategy in ("GD", "PCL"):
         cfg = make_config("gpu", global_={"strategy": strategy, "iterations": 1, "log_every": 1})
-        stage = loops.pretrain_global(cfg, split.pool, device="cpu", progress=False)
+        stage = pretrain.pretrain_global(cfg, split.pool, device="cpu", progress=False)
         row = stage.history.iloc[-1]
         assert np.isfinite(row["loss"]) and row["step"] == 1 and len(stage.history) == 1
     cfg = make_config("gpu", global_={"iterations": 1}, local={"iterations": 1, "log_every": 1})
-    init = loops.pretrain_global(cfg, split.pool, device="cpu", progress=False)
-    local = loops.pretrain_local(cfg, split.pool, init=init, device="cpu", progress=False)
+    init = pretrain.pretrain_global(cfg, split.pool, device="cpu", progress=False)
+    local = pretrain.pretrain_local(cfg, split.pool, init=init, device="cpu", progress=False)
     assert np.isfinite(local.history.iloc[-1]["loss"])
     encoder = [k for k in init.weights() if k.startswith("encoder.")]
     assert all(torch.equal(local.weights()[k], init.weights()[k]) for k in encoder)  # frozen in the local stage
     cfg = make_config("gpu", finetune={"iterations": 1, "log_every": 1, "eval_every": 10**9})
-    tuned = loops.finetune(cfg, split.pool[:2], [], device="cpu", progress=False)
+    tuned = finetuning.finetune(cfg, split.pool[:2], [], device="cpu", progress=False)
     assert np.isfinite(tuned.history.iloc[-1]["loss"])
     logits = tuned.model.eval()(torch.zeros(1, 1, 192, 192))
     assert logits.shape == (1, gpu.model.n_classes, 192, 192)

@@ -1,4 +1,5 @@
-"""Is a contrastive stage learning? Chance level, positive retrieval and collapse measures of embeddings.
+"""Training-health diagnostics of a contrastive stage: is it learning, or at chance / collapsed?
+Chance level, positive retrieval and collapse measures (effective rank, spread) of a batch's embeddings.
 
 A loss value alone says little: its scale depends on the batch and the masks. These numbers put it in context:
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from glcl_core.losses import BlockMask, masked_info_nce
+from glcl_core.contrastive.kernel import BlockMask, masked_info_nce
 
 COLLAPSE_RANK = 2.0  # effective rank below this: the embeddings span (almost) a single direction
 CHANCE_TOLERANCE = 0.01  # a loss within 1 % of chance "sits at chance"

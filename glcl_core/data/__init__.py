@@ -6,10 +6,13 @@ None), in a canonical orientation, resampled in-plane and cropped/padded to one 
 naming the file. ``fetch(name)`` downloads, verifies and unpacks a public data set (:data:`DATASETS`, e.g. the
 Decathlon's ``Task05_Prostate``) into the cache and returns the folder to pass to ``load_volumes``.
 """
-from glcl_core.data.embedded import GeneratorParams, embedded_dataset
-from glcl_core.data.fetch import DATASETS, DatasetEntry, FetchError, fetch
-from glcl_core.data.io import Case, detect_layout, find_cases, load_case, load_volumes, summarize
-from glcl_core.data.preprocess import Orientation, canonical_orientation
+from glcl_core.data.cases import Case, load_case
+from glcl_core.data.datasets import DATASETS, DatasetEntry, FetchError
+from glcl_core.data.embedded import embedded_dataset
+from glcl_core.data.fetching import fetch
+from glcl_core.data.io import detect_layout, find_cases, load_volumes, summarize
+from glcl_core.data.orientation import Orientation, canonical_orientation
+from glcl_core.data.presets import GeneratorParams
 from glcl_core.data.volume import DataError, Volume
 
 __all__ = [

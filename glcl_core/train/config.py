@@ -63,7 +63,7 @@ class GlobalConfig:
     # "pcl" (PCL's own pre-training augmentation). See glcl_core.augment.GLOBAL_AUGMENTATIONS.
     augmentation: str = "glcl"
     # GD's partners: "all" (paper: same-partition slices of every other volume, both views) or "neighbour" (GLCL's
-    # code: the two ring neighbours in batch order, view with view). See glcl_core.strategies.
+    # code: the two ring neighbours in batch order, view with view). See glcl_core.contrastive.global_masks.
     gd_pairing: str = "all"
     # Optimiser and LR schedule. Defaults: Adam at a constant lr, no weight decay, no warm-up (GLCL's code:
     # tf.train.AdamOptimizer(1e-3), no schedule). The "pcl" preset: SGD, momentum 0.9, weight decay 1e-5, cosine.
@@ -124,7 +124,7 @@ class FinetuneConfig:
     # "glcl": GLCL's loss (1 - Dice per image and class, background included, averaged; its code's default);
     # "dice": batch-wide soft Dice over the foreground classes; "dice+ce": "dice" plus cross-entropy. The default
     # "dice+ce" is a deviation from both papers (GLCL: "glcl"; PCL fine-tunes with cross-entropy alone, which is
-    # not offered here). See glcl_core.train.loops.segmentation_loss.
+    # not offered here). See glcl_core.train.finetuning.segmentation_loss.
     loss: str = "dice+ce"
     # True: a frozen-representation probe, not fine-tuning. The encoder (random or pre-trained) and any decoder
     # blocks loaded from a local-stage checkpoint keep their weights and norm statistics; only the rest of the

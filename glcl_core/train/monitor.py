@@ -20,8 +20,8 @@ from glcl_core.contrastive.health import (
     embedding_std,
     retrieval_top1,
 )
+from glcl_core.contrastive.kernel import masked_info_nce
 from glcl_core.data.volume import Volume
-from glcl_core.losses import masked_info_nce
 from glcl_core.samplers import PartitionSampler, RandomSliceSampler
 
 MONITOR_SEED = 20_201_207  # fixed: every strategy and every run sees the same held-out batches
@@ -140,7 +140,7 @@ class LocalMonitor:
     @torch.no_grad()
     def measure(self, encode: Callable, maps_of: Callable, project: Callable | None,
                 *modules: torch.nn.Module) -> dict[str, float]:
-        from glcl_core.losses import pool_regions, sparse_region_corners
+        from glcl_core.contrastive.regions import pool_regions, sparse_region_corners
 
         rows = []
         with _EvalMode(*modules):

@@ -1,5 +1,8 @@
-"""Figures and a widget for the local contrastive loss (Chapter 4): paired views, region layouts, L^R / L^D masks,
-pixel similarity maps and ablation plots.
+"""Figures and a widget for the local contrastive loss (Chapter 4): paired views, region layouts, L^R / L^D masks
+and pixel similarity maps.
+
+The ablation figures (:mod:`glcl_core.viz.ablation`: :func:`plot_ablation`, :func:`plot_local_curves`) are
+re-exported here, so ``from glcl_core.viz import local as viz; viz.plot_ablation(...)`` keeps working.
 
 Region drawings work in *feature-map* coordinates: the slice is drawn with an ``extent`` that maps it onto the
 ``h x w`` grid of the decoder block, so a region with top-left corner ``(row, col)`` is the square
@@ -16,10 +19,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import FormatStrFormatter
 
-from glcl_core.local_analysis import landmarks, similarity_map
-from glcl_core.strategies import local_masks, local_region_corners
+from glcl_core.analysis.local_maps import landmarks, similarity_map
+from glcl_core.contrastive.local_masks import local_masks
+from glcl_core.contrastive.regions import local_region_corners
+from glcl_core.viz.ablation import plot_ablation, plot_local_curves  # noqa: F401  re-exported
 from glcl_core.viz.browse import show_in
 from glcl_core.viz.volumes import label_colormap
 
@@ -162,7 +166,7 @@ def plot_local_masks(views: Sequence[Any], image: Any, volume: Any, partition: A
         image, volume, partition: ``(B,)`` metadata of the slices.
         feature_shape: ``(h, w)`` of the decoder block the loss is taken from.
         anchor: ``(slice, region)``; the anchor is that region in view 1.
-        n_negatives: negatives per anchor (both views), as in :func:`~glcl_core.strategies.local_masks`.
+        n_negatives: negatives per anchor (both views), as in :func:`~glcl_core.contrastive.local_masks.local_masks`.
 
     One row per strategy, one column per slice and view. Yellow: the anchor; green: its positives; red: its
     negatives; thin blue: regions that play no part for this anchor.
@@ -304,80 +308,3 @@ def similarity_explorer(image: Any, maps: Mapping[str, Any], label: Any = None,
         control.observe(render, names="value")
     render()
     return widgets.VBox([widgets.HBox([chooser, y_slider, x_slider, stretch_box]), output])
-
-
-# ------------------------------------------------------------------------------------------------- ablation
-def plot_ablation(table, baseline: str = "no local stage", default: str = "default",
-                  fig: Figure | None = None) -> Figure:
-    """Left: validation Dice per setting (the run without a local stage as a dashed line); with a ``val_dice_sd``
-    column (several seeds) the bars are means with ±1 sd error bars, labelled "mean ± sd". Right: how far the
-    local loss fell, ``loss_end / chance`` (1 = features no better than chance, lower = more discriminative).
-
-    ``table``: :attr:`glcl_core.local_analysis.Ablation.table`.
-    """
-    t = table.reset_index(drop=True)
-    names = list(t["setting"])
-    ypos = np.arange(len(t))[::-1]
-    colours = ["0.6" if n == baseline else ("#1f77b4" if n == default else "#ff7f0e") for n in names]
-    fig = fig or plt.figure(figsize=(10, 0.42 * len(t) + 1.6))
-    ax_dice, ax_loss = fig.subplots(1, 2, sharey=True)
-    mean = t["val_dice"].to_numpy(dtype=float)
-    sd = t["val_dice_sd"].to_numpy(dtype=float) if "val_dice_sd" in t else np.full(len(t), np.nan)
-    has_sd = np.isfinite(sd)
-    ax_dice.barh(ypos, mean, color=colours)
-    if has_sd.any():
-        ax_dice.errorbar(mean[has_sd], ypos[has_sd], xerr=sd[has_sd], fmt="none", ecolor="k", elinewidth=1,
-                         capsize=3)
-    for yy, v, e, ok in zip(ypos, mean, sd, has_sd):
-        ax_dice.text(v + (e if ok else 0.0), yy, f" {v:.3f} ± {e:.3f}" if ok else f" {v:.3f}", va="center",
-                     fontsize=9)
-    if baseline in names:
-        ax_dice.axvline(float(mean[names.index(baseline)]), color="0.4", linestyle="--", linewidth=1)
-    ax_dice.set_yticks(ypos, names)
-    n_seeds = int(np.nanmax(t["n_seeds"])) if "n_seeds" in t and has_sd.any() else 1
-    ax_dice.set_xlabel("validation Dice (mean of foreground classes)"
-                       + (f"\nmean ± sd over {n_seeds} seeds" if n_seeds > 1 else ""))
-    right = np.where(has_sd, mean + np.nan_to_num(sd), mean)
-    ax_dice.set_xlim(0, max(0.05, float(np.nanmax(right))) * (1.45 if has_sd.any() else 1.2))
-    ratio = (t["loss_end"] / t["chance"]).to_numpy(dtype=float)
-    start = (t["loss_start"] / t["chance"]).to_numpy(dtype=float)
-    ok = np.isfinite(ratio) & np.isfinite(start) & (ratio > 0)
-    for yy, r0, r1, colour in zip(ypos[ok], start[ok], ratio[ok], np.asarray(colours, dtype=object)[ok]):
-        ax_loss.plot([r0, r1], [yy, yy], color=colour, linewidth=2)
-        ax_loss.plot([r1], [yy], "o", color=colour, markersize=7)
-        ax_loss.plot([r0], [yy], "|", color="k", markersize=12)
-    for yy in ypos[~ok]:
-        ax_loss.text(1.0, yy, "no local loss  ", ha="right", va="center", fontsize=8, color="0.4")
-    ax_loss.axvline(1.0, color="0.4", linestyle="--", linewidth=1)
-    ax_loss.set_xscale("log")
-    low = float(np.nanmin(ratio[ok])) if ok.any() else 0.1
-    ax_loss.set_xlim(min(low, 0.5) / 2, 2.0)
-    ax_loss.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax_loss.set_xlabel("local loss / chance level log(1 + negatives)\n| first fifth of steps, o last fifth")
-    fig.tight_layout()
-    return fig
-
-
-def plot_local_curves(local: Mapping[str, Any], table, fig: Figure | None = None) -> Figure:
-    """Local loss during pre-training, divided by each setting's chance level ``log(1 + negatives)``.
-
-    ``local``: :attr:`~glcl_core.local_analysis.Ablation.local` (``{setting: StageResult}``); ``table``: the
-    ablation table (for the chance levels). 1 = no better than features that carry no information.
-    """
-    chance = dict(zip(table["setting"], table["chance"]))
-    fig = fig or plt.figure(figsize=(6.5, 3.6))
-    ax = fig.subplots()
-    for i, (name, result) in enumerate(local.items()):
-        hist = result.history
-        if hist is None or len(hist) == 0 or not np.isfinite(chance.get(name, np.nan)):
-            continue
-        ax.plot(hist["step"], hist["loss"] / chance[name], label=name, color=f"C{i}",
-                linewidth=2.2 if name == "default" else 1.2)
-    ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.set_xlabel("local pre-training step")
-    ax.set_ylabel("loss / chance level")
-    ax.legend(fontsize=9, frameon=False, ncol=2)
-    fig.tight_layout()
-    return fig

@@ -1,30 +1,34 @@
 """Figures for fine-tuning results: Dice against the number of labelled volumes, paired differences with their
-confidence intervals, and segmentation overlays of the same test slices for several initialisations.
+confidence intervals (and a widget choosing the baseline), and validation Dice during fine-tuning.
+
+The segmentation overlays (:mod:`glcl_core.viz.overlays`: :func:`plot_overlays`, :func:`load_predictions`,
+:func:`overlay_browser`, :func:`slice_dice`, :func:`volume_dice`) are re-exported here, so
+``from glcl_core.viz import segmentation as seg; seg.plot_overlays(...)`` keeps working.
 
 Figures are :class:`matplotlib.figure.Figure` objects (no pyplot state), like :mod:`glcl_core.viz.volumes`.
 """
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
-from glcl_core.data.volume import Volume
-from glcl_core.results import strategy_order
-from glcl_core.viz.volumes import label_colormap
-
-ERROR_COLOUR = (0.95, 0.05, 0.35, 1.0)  # wrong pixels (not a tab10 class colour for up to 8 classes)
+from glcl_core.analysis.results import strategy_order
+from glcl_core.viz.overlays import (  # noqa: F401  re-exported: seg.plot_overlays etc. in the chapters
+    ERROR_COLOUR,
+    load_predictions,
+    overlay_browser,
+    plot_overlays,
+    slice_dice,
+    volume_dice,
+)
 
 
 def strategy_colour(name: str):
     """A fixed colour per initialisation, the same in every figure (random init in grey)."""
-    from glcl_core.results import ORDER
+    from glcl_core.analysis.results import ORDER
 
     if name == "random":
         return (0.45, 0.45, 0.45, 1.0)
@@ -39,8 +43,8 @@ def plot_dice(summary: pd.DataFrame, fig: Figure | None = None, title: str | Non
     """Mean Dice against the number of labelled volumes, one line per initialisation, error bars = sd over seeds.
 
     Args:
-        summary: :func:`glcl_core.results.summary_table` (strategy, n_labelled, mean, sd, n_seeds), or
-            :func:`~glcl_core.results.per_class_table` (with ``class``: one panel per class).
+        summary: :func:`glcl_core.analysis.results.summary_table` (strategy, n_labelled, mean, sd, n_seeds), or
+            :func:`~glcl_core.analysis.results.per_class_table` (with ``class``: one panel per class).
     Returns:
         The Figure. Points of different initialisations are shifted sideways a little so error bars do not hide
         each other; the x axis is the number of labelled volumes (log2 scale when there are 3 or more values).
@@ -92,8 +96,8 @@ def plot_paired(paired: pd.DataFrame, differences: pd.DataFrame | None = None, b
     """Paired differences to the baseline with their confidence intervals, one row per (strategy, n_labelled).
 
     Args:
-        paired: :func:`glcl_core.results.paired_comparison`.
-        differences: optional :func:`~glcl_core.results.paired_differences`: each seed's difference as a dot.
+        paired: :func:`glcl_core.analysis.results.paired_comparison`.
+        differences: optional :func:`~glcl_core.analysis.results.paired_differences`: each seed's difference as a dot.
         level: the intervals' confidence level (as passed to ``paired_comparison``), for the legend.
     Returns:
         The Figure: a vertical line at 0 (no difference); an interval that does not cross it means the seeds agree
@@ -137,7 +141,7 @@ def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", le
     """The label-efficiency figure: two panels sharing the x axis (labelled volumes, log2 scale).
 
     Args:
-        efficiency: :func:`glcl_core.results.label_efficiency` (strategy, n_labelled, mean, sd, n_seeds,
+        efficiency: :func:`glcl_core.analysis.results.label_efficiency` (strategy, n_labelled, mean, sd, n_seeds,
             mean_diff, ci_low, ci_high, ...).
     Returns:
         The Figure. Left: mean test Dice against labelled volumes, one line per initialisation, band = sd over
@@ -218,176 +222,13 @@ def _cut_wide_intervals(ax, rows: pd.DataFrame, shifts: dict[str, float], max_ra
     return True
 
 
-# ---------------------------------------------------------------------------------------------------- overlays
-def slice_dice(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:
-    """Mean 2D Dice over the foreground classes present in the prediction or the reference of one slice
-    (NaN when the slice has no foreground in either)."""
-    scores = []
-    for k in range(1, n_classes):
-        p, t = pred == k, target == k
-        total = p.sum() + t.sum()
-        if total:
-            scores.append(2.0 * np.logical_and(p, t).sum() / total)
-    return float(np.mean(scores)) if scores else float("nan")
-
-
-def volume_dice(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:
-    """Mean 3D foreground Dice of one volume (the number the results table averages)."""
-    scores = []
-    for k in range(1, n_classes):
-        p, t = pred == k, target == k
-        total = p.sum() + t.sum()
-        if total:
-            scores.append(2.0 * np.logical_and(p, t).sum() / total)
-    return float(np.mean(scores)) if scores else float("nan")
-
-
-def plot_overlays(volume: Volume, predictions: Mapping[str, np.ndarray], slices: Sequence[int],
-                  n_classes: int | None = None, show_errors: bool = False, class_names: Sequence[str] | None = None,
-                  alpha: float = 0.5, fig: Figure | None = None) -> Figure:
-    """The same test slices segmented by several initialisations, next to the reference.
-
-    Rows: the slices. Columns: the reference labels, then one column per prediction (titled with the volume's 3D
-    Dice), each panel with its slice's 2D Dice. ``show_errors`` paints every wrong pixel (prediction != reference)
-    in a single error colour instead of the predicted class.
-
-    Args:
-        volume: a labelled volume (``image`` and ``label`` of shape (Z, H, W)).
-        predictions: name -> predicted label map (Z, H, W), e.g. from :func:`load_predictions`.
-        slices: slice indices to show.
-    """
-    if volume.label is None:
-        raise ValueError(f"{volume.name}: overlays need the reference labels")
-    for name, pred in predictions.items():
-        if pred.shape != volume.image.shape:
-            raise ValueError(f"prediction {name!r} has shape {pred.shape}, volume {volume.name} {volume.image.shape}")
-    slices = [int(np.clip(z, 0, volume.n_slices - 1)) for z in slices]
-    if not slices:
-        raise ValueError("no slices to show")
-    n_classes = n_classes or int(max([volume.label.max()] + [p.max() for p in predictions.values()])) + 1
-    cmap = label_colormap(n_classes)
-    columns = 1 + len(predictions)
-    if fig is None:
-        fig = Figure(figsize=(1.95 * columns + 0.4, 2.0 * len(slices) + 0.9), layout="constrained")
-    else:
-        fig.clear()
-    axes = fig.subplots(len(slices), columns, squeeze=False)
-    panels = [("reference", volume.label)] + list(predictions.items())
-    for row, z in enumerate(slices):
-        for col, (name, labels) in enumerate(panels):
-            ax = axes[row, col]
-            ax.imshow(volume.image[z], cmap="gray", vmin=0.0, vmax=1.0)
-            if col > 0 and show_errors:
-                wrong = labels[z] != volume.label[z]
-                rgba = np.zeros(wrong.shape + (4,))
-                rgba[wrong] = ERROR_COLOUR
-                ax.imshow(rgba, alpha=0.85)
-            else:
-                ax.imshow(np.ma.masked_equal(labels[z], 0), cmap=cmap, vmin=0, vmax=max(1, n_classes - 1),
-                          alpha=alpha)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col == 0:
-                ax.set_ylabel(f"z={z} (pos {volume.positions[z]:.2f})", fontsize=8)
-            else:
-                d = slice_dice(labels[z], volume.label[z], n_classes)
-                ax.text(0.02, 0.02, "no fg" if np.isnan(d) else f"{d:.2f}", transform=ax.transAxes, fontsize=8,
-                        color="white", va="bottom", bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.5, "lw": 0})
-            if row == 0:
-                title = name if col == 0 else f"{name}\n3D Dice {volume_dice(labels, volume.label, n_classes):.3f}"
-                ax.set_title(title, fontsize=9)
-    names = class_names or [f"class {k}" for k in range(n_classes)]
-    handles = [Patch(color=cmap(k), alpha=min(1.0, alpha + 0.2), label=str(names[k])) for k in range(1, n_classes)]
-    if show_errors:
-        handles.append(Patch(color=ERROR_COLOUR, label="wrong pixel"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(f"{volume.name}: reference and predictions (number in a panel: that slice's 2D Dice)", fontsize=10)
-    return fig
-
-
-def load_predictions(cfg, run_dir: str | Path, volumes: Sequence[Volume], inits: Sequence[str], n_labelled: int,
-                     seed: int, device=None) -> dict[str, dict[str, np.ndarray]]:
-    """Predictions of fine-tuned models kept in a grid's run folder (``run_experiment``'s layout).
-
-    Loads ``run_dir/finetune/<init>/n<n_labelled>_s<seed>/final.pt`` for each init (the validation-selected
-    weights) and predicts every volume. Returns ``{volume name: {init: (Z, H, W) label map}}``.
-    Raises FileNotFoundError for a cell that has not been run.
-    """
-    from glcl_core.train.checkpoint import load_checkpoint
-    from glcl_core.train.loops import build_model, predict_volume
-
-    out: dict[str, dict[str, np.ndarray]] = {v.name: {} for v in volumes}
-    for init in inits:
-        path = Path(run_dir) / "finetune" / init / f"n{n_labelled}_s{seed}" / "final.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no fine-tuned model for {init}, n={n_labelled}, seed={seed}")
-        model = build_model(cfg)
-        model.load_state_dict(load_checkpoint(path)["model"])
-        model.eval()
-        if device is not None:
-            model.to(device)
-        for v in volumes:
-            out[v.name][init] = predict_volume(model, v, device)
-    return out
-
-
-def overlay_browser(volumes: Sequence[Volume], predictions: Mapping[str, Mapping[str, np.ndarray]],
-                    n_rows: int = 1, volume: int = 0, z: int | None = None, n_classes: int | None = None,
-                    class_names: Sequence[str] | None = None):
-    """Widget: a test-volume dropdown, a slice slider and an "errors" toggle over :func:`plot_overlays`.
-
-    ``predictions`` is ``{volume name: {init: label map}}`` (:func:`load_predictions`). ``n_rows`` consecutive
-    views are shown: the chosen slice and ``n_rows - 1`` slices spread above it. The first frame is drawn at once
-    (and stays visible in the rendered book).
-    """
-    import ipywidgets as widgets
-
-    from glcl_core.viz.browse import show_in, volume_dropdown
-
-    if not volumes:
-        raise ValueError("no volumes to browse")
-    first = volumes[int(volume)]
-    chooser = volume_dropdown(volumes, volume)
-    slider = widgets.IntSlider(value=first.n_slices // 2 if z is None else int(z), min=0, max=first.n_slices - 1,
-                               description="slice z", continuous_update=False, layout=widgets.Layout(width="330px"))
-    errors = widgets.Checkbox(value=False, description="show wrong pixels", indent=False)
-    output = widgets.Output()
-    busy = {"switching": False}
-
-    def render(*_) -> None:
-        if busy["switching"]:
-            return
-        v = volumes[chooser.value]
-        step = max(1, v.n_slices // 6)
-        shown = [min(v.n_slices - 1, slider.value + i * step) for i in range(n_rows)]
-        show_in(output, plot_overlays(v, predictions[v.name], list(dict.fromkeys(shown)), n_classes=n_classes,
-                                      show_errors=errors.value, class_names=class_names))
-
-    def switch(change) -> None:
-        old, new = volumes[change["old"]], volumes[change["new"]]
-        busy["switching"] = True
-        try:
-            slider.max = max(slider.value, new.n_slices - 1)
-            slider.value = int(min(new.n_slices - 1, (slider.value + 0.5) / old.n_slices * new.n_slices))
-            slider.max = new.n_slices - 1
-        finally:
-            busy["switching"] = False
-        render()
-
-    chooser.observe(switch, names="value")
-    slider.observe(render, names="value")
-    errors.observe(render, names="value")
-    render()
-    return widgets.VBox([widgets.HBox([chooser, slider, errors]), output])
-
-
 def paired_explorer(table: pd.DataFrame, baseline: str = "random", level: float = 0.95):
     """Widget: choose the baseline initialisation and the interval's confidence level; shows the paired table and
     :func:`plot_paired`. ``table`` is the grid's tidy CSV. The first frame is drawn at once."""
     import ipywidgets as widgets
     from IPython.display import display
 
-    from glcl_core import results
+    from glcl_core.analysis import results
     from glcl_core.viz.browse import show_in
 
     strategies = strategy_order(table["strategy"])
@@ -418,7 +259,7 @@ def plot_validation_curves(summary: pd.DataFrame, fig: Figure | None = None, tit
     initialisation (mean over seeds, band = sd).
 
     Args:
-        summary: :func:`glcl_core.results.curve_summary` (strategy, n_labelled, step, mean, sd, n_seeds).
+        summary: :func:`glcl_core.analysis.results.curve_summary` (strategy, n_labelled, step, mean, sd, n_seeds).
     """
     if summary.empty:
         raise ValueError("empty summary: nothing to plot")

@@ -1,4 +1,5 @@
-"""Figures for the book. Nothing in glcl_core imports this module.
+"""Figures of volumes: slices with their labels, partitions, fields of view and partition means.
+Nothing in glcl_core imports this module.
 
 Figures are built with :class:`matplotlib.figure.Figure` (no pyplot state, no ``plt.show``), so they work under Agg,
 in tests and in notebooks alike (a returned Figure is rendered by Jupyter's inline backend).
@@ -186,7 +187,7 @@ def plot_field_of_view(volumes: list[Volume], n_partitions: int = 4, fig: Figure
     Where the fields of view differ, partition s of one volume covers other anatomy than partition s of another:
     the coloured segments do not line up.
     """
-    from glcl_core.slices import field_of_view_table, slice_coordinates
+    from glcl_core.analysis.slices import field_of_view_table, slice_coordinates
 
     table = field_of_view_table(volumes, n_partitions)
     palette = partition_colours(n_partitions)
@@ -219,7 +220,7 @@ def plot_partition_means(per_volume: np.ndarray, fig: Figure | None = None) -> F
     """The mean slice of each partition over volumes (top) and its spread over volumes (bottom).
 
     Args:
-        per_volume: ``(V, S, H, W)`` from :func:`glcl_core.slices.partition_mean_slices`.
+        per_volume: ``(V, S, H, W)`` from :func:`glcl_core.analysis.slices.partition_mean_slices`.
     """
     n_volumes, n_partitions = per_volume.shape[:2]
     mean, spread = per_volume.mean(axis=0), per_volume.std(axis=0)
@@ -253,10 +254,10 @@ def plot_slice_similarity(similarity: np.ndarray, sample, n_partitions: int, by_
     """Cross-slice similarity ordered by partition, then position (left), and against the position gap (right).
 
     Args:
-        similarity: ``(N, N)`` from :func:`glcl_core.slices.slice_similarity`.
-        sample: the :class:`glcl_core.slices.SliceSample` it was computed on.
-        by_distance: optional DataFrame from :func:`glcl_core.slices.similarity_by_distance` (right panel).
-        contrast: optional :class:`glcl_core.slices.PartitionContrast`, drawn as two horizontal lines.
+        similarity: ``(N, N)`` from :func:`glcl_core.analysis.slices.slice_similarity`.
+        sample: the :class:`glcl_core.analysis.slices.SliceSample` it was computed on.
+        by_distance: optional DataFrame from :func:`glcl_core.analysis.slices.similarity_by_distance` (right panel).
+        contrast: optional :class:`glcl_core.analysis.slices.PartitionContrast`, drawn as two horizontal lines.
     """
     order = sample.order(n_partitions)
     parts = sample.partitions(n_partitions)[order]

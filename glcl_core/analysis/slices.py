@@ -1,4 +1,5 @@
-"""How alike are slices of different volumes? The numbers behind the partition assumption of G^D and PCL.
+"""How alike are slices of different volumes? The numbers behind the partition assumption of G^D and PCL,
+measured on raw pixels: sampled slices, cross-slice similarity by partition and by gap, fields of view in mm.
 
 G^D treats slices from the same partition of different volumes as positives; PCL does the same for slices whose
 normalised positions are close. Both bet that, after the volumes are brought into one orientation, slice ``k`` of
