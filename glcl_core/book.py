@@ -50,7 +50,7 @@ def data_settings(spec: str | dict | None, default: str = "standard") -> dict:
     * a dict of data settings, passed through (e.g. ``{"path": "...", "channel": 1}``).
     Raises :class:`glcl_core.data.DataError` naming the value when it is none of these."""
     from glcl_core.data import DataError
-    from glcl_core.data.datasets import DATASETS
+    from glcl_core.data.datasets import DATASETS, is_known
     from glcl_core.data.fetching import fetch
     from glcl_core.data.presets import PRESETS
 
@@ -61,7 +61,7 @@ def data_settings(spec: str | dict | None, default: str = "standard") -> dict:
     text = str(spec).strip()
     if text in PRESETS:
         return {"embedded": text}
-    if text.lower() in {name.lower() for name in DATASETS}:
+    if is_known(text):
         return {"path": str(fetch(text))}
     folder = Path(text).expanduser()
     if folder.is_dir():

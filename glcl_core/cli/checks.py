@@ -43,10 +43,10 @@ def _existing(path: str) -> Path:
 def _data_folder(path: str) -> Path:
     """``--data``: an existing folder (not a file, ``/dev/null`` or another device), or the name of a public data
     set (``fetch --list``), downloaded once into the data cache and verified."""
-    from glcl_core.data.datasets import DATASETS
+    from glcl_core.data.datasets import is_known
     from glcl_core.data.fetching import fetch
 
-    if not Path(path).expanduser().exists() and path.strip().lower() in {n.lower() for n in DATASETS}:
+    if not Path(path).expanduser().exists() and is_known(path):
         return fetch(path)
     p = _existing(path)
     if not p.is_dir():

@@ -107,6 +107,11 @@ DATASETS: dict[str, DatasetEntry] = {
 # ----------------------------------------------------------------------------------------------- registry
 
 
+def is_known(name: object) -> bool:
+    """Whether ``name`` names a data set of :data:`DATASETS` (case-insensitive), i.e. something ``fetch`` can get."""
+    return str(name).strip().lower() in {key.lower() for key in DATASETS}
+
+
 def lookup(name: str, registry: Mapping[str, DatasetEntry] | None = None) -> DatasetEntry:
     """The entry called ``name`` (case-insensitive) in ``registry`` (added to / overriding :data:`DATASETS`)."""
     known = {**DATASETS, **(registry or {})}
