@@ -9,7 +9,7 @@ Three views of one question on one embedded preset, all from the long-budget pre
   (``glcl_core.analysis.results.validation_curves``).
 
 The weights come from a checkpoint folder with a manifest (``glcl_core/pretrained`` for the shipped preset, or
-``runs/shipped-PROFILE/PRESET/export`` for another; both written by ``scripts/pretrain_shipped.py --export``) and are
+``results/pretrained/PRESET`` for another cpu preset; both written by ``scripts/pretrain_shipped.py --export``) and are
 matched to the grid's configuration by ``glcl_core.checkpoints.shipped_weights``; initialisations without a
 checkpoint yet are skipped and named. Cells run in the order of ``PLAN`` (the claim's cells first) and finished
 cells are skipped, so the command is simply repeated until everything is done:

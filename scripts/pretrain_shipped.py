@@ -36,10 +36,13 @@ def shipped_config(profile: str, embedded: str) -> RunConfig:
 
 
 def default_folder(profile: str, embedded: str) -> Path:
-    """glcl_core/pretrained for the shipped preset's cpu checkpoints; runs/shipped-PROFILE/EMBEDDED/export otherwise
-    (the same files for another preset's grids, not committed)."""
+    """glcl_core/pretrained for the shipped preset's cpu checkpoints (inside the package: the chapters load them);
+    results/pretrained/EMBEDDED for another preset's cpu checkpoints (committed beside the grids that use them, not
+    installed with the package); runs/shipped-PROFILE/EMBEDDED/export for other profiles (not committed)."""
     if (profile, embedded) == ("cpu", checkpoints.SHIPPED_EMBEDDED):
         return checkpoints.DEFAULT_FOLDER
+    if profile == "cpu":
+        return Path("results") / "pretrained" / embedded
     return Path("runs") / f"shipped-{profile}" / embedded / "export"
 
 
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     p.add_argument("--folder", type=Path, default=None,
                    help="checkpoint folder (default: glcl_core/pretrained for the shipped preset, else "
-                        "runs/shipped-PROFILE/EMBEDDED/export)")
+                        "results/pretrained/EMBEDDED for another cpu preset, runs/shipped-PROFILE/EMBEDDED/export otherwise)")
     args = p.parse_args(argv)
     cfg = shipped_config(args.profile, args.embedded)
     runs = args.runs or Path("runs") / f"shipped-{args.profile}" / args.embedded
@@ -190,8 +193,15 @@ def main(argv: list[str] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         export_all(cfg, runs, args.inits, args.dtype, folder)
         return
-    run_all(cfg, runs, args.inits, args.reuse,
-            from_shipped=(args.folder or default_folder(args.profile, args.embedded)) if args.from_shipped else None)
+    folder = args.folder or default_folder(args.profile, args.embedded)
+    todo = []
+    for init in args.inits:  # an exported run is finished even when its run folder is gone (a fresh checkout)
+        try:
+            checkpoints.shipped_weights(cfg, [init], folder)
+            print(f"{init}: already exported to {folder}")
+        except checkpoints.CheckpointError:
+            todo.append(init)
+    run_all(cfg, runs, todo, args.reuse, from_shipped=folder if args.from_shipped else None)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,15 @@ def test_export_writes_finished_runs_only_and_once(exported, capsys):
     assert (folder / "manifest.json").read_text() == before
 
 
+def test_an_exported_run_is_not_pretrained_again_after_its_run_folder_is_gone(exported, tmp_path, capsys):
+    _, folder = exported
+    fresh = tmp_path / "fresh-runs"  # a new checkout: the run folder is gone, the exported file is committed
+    pretrain_shipped.main(["--profile", "ci", "--embedded", "standard", "--runs", str(fresh), "--inits", "GD",
+                           "--folder", str(folder)])
+    assert "GD: already exported" in capsys.readouterr().out
+    assert not (fresh / "pretrain" / "GD").exists()
+
+
 def test_grids_use_the_exported_weights_and_summarise(exported, tmp_path):
     _, folder = exported
     out, results_dir = tmp_path / "grid", tmp_path / "results"
