@@ -44,6 +44,7 @@ from glcl_core.train.checkpoint import resumed_step
 from glcl_core.train.config import RunConfig, make_config
 from glcl_core.train.finetuning import finetune
 from glcl_core.train.pretrain import pretrain_global, pretrain_local
+from pretrain_shipped import default_folder  # scripts/ is on the path when this file is run
 
 COLUMNS = ["embedded", "init", "global_steps", "local_steps", "measure", "n_labelled", "seed", "step", "val_dice",
            "pretrain_seconds", "measure_seconds", "threads", "machine"]
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=Path, default=Path("runs/budget-cpu"))
     p.add_argument("--shipped", action="store_true",
                    help="take the long budget's weights from the shipped checkpoints where they match")
-    p.add_argument("--folder", type=Path, default=None, help="checkpoint folder for --shipped (default: shipped)")
+    p.add_argument("--folder", type=Path, default=None,
+                   help="checkpoint folder for --shipped (default: the preset's, as scripts/pretrain_shipped.py exports)")
     args = p.parse_args(argv)
 
     cfg = make_config(args.profile, data={"embedded": args.embedded})
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = args.runs / args.embedded
     done = done_cells(args.out)
     machine = f"{platform.machine()} {os.cpu_count()} cores"
-    shipped = shipped_snapshots(args.profile, args.embedded, args.inits, args.folder) if args.shipped else {}
+    folder = args.folder or default_folder(args.profile, args.embedded)
+    shipped = shipped_snapshots(args.profile, args.embedded, args.inits, folder) if args.shipped else {}
     for init in args.inits:
         global_strategy, local_strategy = INITIALISATIONS[init]
         budgets = [0] if global_strategy is None else args.budgets

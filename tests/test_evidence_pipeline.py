@@ -172,3 +172,25 @@ def test_label_efficiency_figure_cuts_one_wide_interval_to_keep_the_others_reada
     assert "cut" in right.get_title()
     narrow = efficiency[(efficiency["strategy"] == "GD") & (efficiency["n_labelled"] == 1)].iloc[0]
     assert low < narrow["ci_low"] and narrow["ci_high"] < high  # ... the narrow ones are whole
+
+
+def test_each_preset_has_its_checkpoint_folder_and_the_budget_sweep_reads_it(monkeypatch, tmp_path):
+    import pretraining_budget
+
+    assert pretrain_shipped.default_folder("cpu", checkpoints.SHIPPED_EMBEDDED) == checkpoints.DEFAULT_FOLDER
+    assert pretrain_shipped.default_folder("cpu", "standard") == Path("results/pretrained/standard")
+    assert pretrain_shipped.default_folder("gpu", "standard") == Path("runs/shipped-gpu/standard/export")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(profile, embedded, inits, folder=None):
+        seen.append(folder)
+        raise Stop
+
+    monkeypatch.setattr(pretraining_budget, "shipped_snapshots", record)
+    with pytest.raises(Stop):
+        pretraining_budget.main(["--profile", "ci", "--embedded", "standard", "--inits", "GD", "--shipped",
+                                 "--out", str(tmp_path / "b.csv"), "--runs", str(tmp_path / "runs")])
+    assert seen == [Path("runs/shipped-ci/standard/export")]
