@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--folder", type=Path, default=None, help="checkpoint folder (default: see module docstring)")
     p.add_argument("--steps", nargs="+", type=int, default=None, help="only these entries of PLAN (0-based)")
     p.add_argument("--inits", nargs="+", default=None,
-                   help="only these initialisations (two processes on one grid folder need disjoint sets)")
+                   help="only these initialisations (a grid folder takes one process at a time)")
     p.add_argument("--seeds", nargs="+", type=int, default=SEEDS, help="labelled draws (default 0 1 2)")
     p.add_argument("--summary", action="store_true", help="write the result tables and figures instead")
     args = p.parse_args(argv)
