@@ -37,6 +37,7 @@ from pretrain_shipped import default_folder  # scripts/ is on the path when this
 MAIN = ["random", "GR", "GD", "PCL", "GD+LR"]  # the label-efficiency curves
 OTHERS = ["GD-", "GD+LD", "PCL+LR"]  # the rest of the full grid
 SEEDS = [0, 1, 2]
+ALL_LABELLED = 12  # the whole labelled pool: the label headroom is 1 vs this
 # (grid, initialisations, labelled volumes): the claim (1 and 2 labelled volumes) first, the tails last
 PLAN = [
     ("finetune", MAIN, [1, 2]),
@@ -44,7 +45,7 @@ PLAN = [
     ("finetune", OTHERS, [1, 2]),
     ("finetune", MAIN + OTHERS, [4]),
     ("probe", MAIN, [2, 4]),
-    ("finetune", MAIN, [8, 12]),
+    ("finetune", MAIN, [8, ALL_LABELLED]),
 ]
 
 
@@ -104,6 +105,8 @@ def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "c
     * ``label_efficiency_{profile}.csv`` and ``frozen_probe_{profile}.csv``: per preset, initialisation and labelled
       count the mean +- sd over seeds and the paired difference to random init with its 95 % interval;
     * ``head_start_{profile}.csv``: validation Dice against fine-tuning step, mean and sd over seeds, 1 labelled volume;
+    * ``label_headroom_grid_{profile}.csv``: the label headroom (random init, validation, 12 vs 1 labelled volumes,
+      ``glcl_core.analysis.results.label_headroom``) of the grid's own runs, once both counts are finished;
     * ``figures/{label_efficiency,frozen_probe,head_start}_{profile}_{embedded}.png``.
     """
     from glcl_core.analysis import results
@@ -130,6 +133,12 @@ def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "c
         fig = seg.plot_validation_curves(curves[curves["strategy"].isin(MAIN)],
                                          title=f"Head start, {embedded} preset, 1 labelled volume")
         fig.savefig(figures / f"head_start_{profile}_{embedded}.png", dpi=120)
+        random_curves = results.validation_curves(grid).query("strategy == 'random'")
+        if {1, ALL_LABELLED} <= set(random_curves["n_labelled"]):
+            headroom = results.label_headroom(random_curves, low=1, high=ALL_LABELLED)
+            _replace_preset_rows(results_dir / f"label_headroom_grid_{profile}.csv", embedded,
+                                 pd.DataFrame([headroom]))
+            written.append(results_dir / f"label_headroom_grid_{profile}.csv")
         written += [results_dir / f"{stem}.csv", figures / f"label_efficiency_{profile}_{embedded}.png",
                     figures / f"head_start_{profile}_{embedded}.png"]
     if (probe / "results.csv").exists():

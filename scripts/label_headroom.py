@@ -39,18 +39,11 @@ def contrast_of(volume) -> str:
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    last = table.sort_values("step").groupby(["embedded", "n_labelled", "seed"]).agg(
-        final=("val_dice", "last"), best=("val_dice", "max")).reset_index()
-    means = last.groupby(["embedded", "n_labelled"])[["final", "best"]].mean().reset_index()
-    rows = []
-    for preset, group in means.groupby("embedded"):
-        lo, hi = group["n_labelled"].min(), group["n_labelled"].max()
-        one = group[group["n_labelled"] == lo].iloc[0]
-        many = group[group["n_labelled"] == hi].iloc[0]
-        rows.append({"embedded": preset, "n_low": lo, "n_high": hi, "final_low": one["final"],
-                     "final_high": many["final"], "headroom_final": many["final"] - one["final"],
-                     "best_low": one["best"], "best_high": many["best"], "headroom_best": many["best"] - one["best"],
-                     "draws_low": int((last["embedded"].eq(preset) & last["n_labelled"].eq(lo)).sum())})
+    """The headroom table of the CSV: one row per preset (``glcl_core.analysis.results.label_headroom``)."""
+    from glcl_core.analysis.results import label_headroom
+
+    rows = [{"embedded": preset, **label_headroom(group, low=int(group["n_labelled"].min()))}
+            for preset, group in table.groupby("embedded")]
     return pd.DataFrame(rows)
 
 

@@ -271,3 +271,18 @@ def test_by_labelled_group_names_what_is_missing():
         results.by_labelled_group(table, {}, {(1, 0): []})
     with pytest.raises(KeyError, match=r"\(1, 0\)"):
         results.by_labelled_group(table, {"vol0": "a"}, {})
+
+
+def test_label_headroom_takes_last_and_best_evaluation_per_run_then_averages_draws():
+    rows = []
+    for n, seed, dice in [(1, 0, [0.5, 0.3]), (1, 1, [0.2, 0.4]), (12, 0, [0.6, 0.8]), (4, 0, [0.9, 0.9])]:
+        rows += [{"n_labelled": n, "seed": seed, "step": step, "val_dice": d} for step, d in zip((100, 50), dice)]
+    curves = pd.DataFrame(rows)  # steps out of order on purpose: "final" is the last step, not the last row
+    row = results.label_headroom(curves, low=1, high=12)
+    assert row["final_low"] == pytest.approx((0.5 + 0.2) / 2) and row["best_low"] == pytest.approx((0.5 + 0.4) / 2)
+    assert row["final_high"] == pytest.approx(0.6) and row["best_high"] == pytest.approx(0.8)
+    assert row["headroom_final"] == pytest.approx(0.6 - 0.35) and row["headroom_best"] == pytest.approx(0.8 - 0.45)
+    assert (row["draws_low"], row["draws_high"]) == (2, 1)
+    assert results.label_headroom(curves)["n_high"] == 12  # the largest count by default
+    with pytest.raises(ValueError, match="no validation curve with 2 labelled volumes"):
+        results.label_headroom(curves, low=2)

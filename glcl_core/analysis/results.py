@@ -290,3 +290,34 @@ def curve_summary(curves: pd.DataFrame) -> pd.DataFrame:
     grouped = curves.groupby(["strategy", "n_labelled", "step"])["val_dice"]
     out = grouped.agg(mean="mean", sd="std", n_seeds="count").reset_index()
     return _ordered(out, extra=["step"])
+
+
+def label_headroom(curves: pd.DataFrame, low: int = 1, high: int | None = None) -> dict:
+    """What ``high`` labelled volumes give over ``low`` on validation volumes: the label headroom of one preset.
+
+    ``curves``: one preset's validation curves of one initialisation (columns n_labelled, seed, step, val_dice;
+    e.g. the random-init rows of :func:`validation_curves`). Per run, the Dice at its last evaluation (``final``) and
+    its best evaluation (``best``) are taken, then averaged over seeds. ``high`` defaults to the largest count.
+    Pre-training can only win what the labels leave open, so a small headroom caps any pre-training effect.
+
+    Returns a dict: n_low, n_high, final_low, final_high, headroom_final, best_low, best_high, headroom_best,
+    draws_low, draws_high (runs averaged).
+
+    Raises:
+        ValueError: ``curves`` holds no run with ``low`` or with ``high`` labelled volumes.
+    """
+    high = int(curves["n_labelled"].max()) if high is None else high
+    runs = curves.sort_values("step").groupby(["n_labelled", "seed"])["val_dice"].agg(final="last", best="max")
+    row: dict = {"n_low": low, "n_high": high}
+    for side, n in (("low", low), ("high", high)):
+        if n not in runs.index.get_level_values("n_labelled"):
+            raise ValueError(f"no validation curve with {n} labelled volumes (have "
+                             f"{sorted(set(runs.index.get_level_values('n_labelled')))})")
+        at_n = runs.xs(n, level="n_labelled")
+        row[f"final_{side}"], row[f"best_{side}"] = at_n["final"].mean(), at_n["best"].mean()
+        row[f"draws_{side}"] = len(at_n)
+    row["headroom_final"] = row["final_high"] - row["final_low"]
+    row["headroom_best"] = row["best_high"] - row["best_low"]
+    order = ["n_low", "n_high", "final_low", "final_high", "headroom_final", "best_low", "best_high",
+             "headroom_best", "draws_low", "draws_high"]
+    return {key: row[key] for key in order}
