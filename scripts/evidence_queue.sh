@@ -26,8 +26,10 @@ grid() { "$PY" scripts/evidence_grid.py --profile cpu --embedded "$PRESET" "$@";
 
 # the claim's initialisations first; the full eight-initialisation grid is run on the shipped preset only, the
 # other presets get the three views (random, G^R, G^D, PCL, G^D + L^R)
-INITS="GD+LR GR PCL"
-[ "$PRESET" = multicontrast ] && INITS="$INITS GD- GD+LD PCL+LR"
+INITS="GD+LR GR PCL" GRID_INITS="random GR GD PCL GD+LR"
+if [ "$PRESET" = multicontrast ]; then
+    INITS="$INITS GD- GD+LD PCL+LR" GRID_INITS="$GRID_INITS GD- GD+LD PCL+LR"
+fi
 FINETUNE_STEPS="0 2 3 5" PROBE_STEPS="1 4"  # entries of evidence_grid.PLAN
 
 case "${1:-}" in
@@ -38,14 +40,14 @@ A)
         shipped --inits "$init" --from-shipped
         shipped --export
     done
-    grid --steps $PROBE_STEPS
+    grid --steps $PROBE_STEPS --inits $GRID_INITS
     # the validation measures of the long budget, from the exported weights (no pre-training)
     budget --embedded "$PRESET" --budgets 3000 --inits PCL GR GD GD+LR --shipped
     ;;
 B)
     # the fine-tuning grid from the exported weights; while initialisations are still missing, it waits for lane A
     # to export them (a pass over finished cells only reads them) and goes on
-    while grid --steps $FINETUNE_STEPS | tee /dev/stderr | grep "waiting for" > /dev/null; do
+    while grid --steps $FINETUNE_STEPS --inits $GRID_INITS | tee /dev/stderr | grep "waiting for" > /dev/null; do
         sleep 600
     done
     ;;
