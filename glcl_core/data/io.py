@@ -155,7 +155,7 @@ def load_volumes(
         and ``modality`` (Decathlon / nnU-Net), the original shape/spacing/orientation, and for Dice at native
         resolution ``native_grid`` (:class:`~glcl_core.data.preprocess.NativeGrid`), ``orientation`` and, for
         labels of at most ``NATIVE_LABEL_MAX_VOXELS`` voxels, ``native_label`` ``(Z, H0, W0)`` (see
-        :func:`native_label`).
+        :func:`glcl_core.data.cases.native_label`).
     Raises:
         DataError naming the file for any unusable input (see the module docstring).
     """
