@@ -17,6 +17,7 @@ from glcl_core import distributed
 from glcl_core.data import load_volumes
 from glcl_core.data.split import Split, draw_labelled, split_volumes
 from glcl_core.data.volume import Volume
+from glcl_core.provenance import warn_if_other_source
 from glcl_core.train.config import RunConfig
 
 # name -> (global strategy or None, local strategy or None). "PCL+LR" is a combination neither paper ran.
@@ -103,14 +104,18 @@ def pretrain(init: str, cfg: RunConfig, pool: list[Volume], out: Path, progress:
     if global_strategy is None:
         return Pretrained(init, None)
     global_dir = out / "pretrain" / global_strategy
-    if not _exists_on_main(global_dir / "final.pt"):
+    if _exists_on_main(global_dir / "final.pt"):
+        distributed.run_on_main(lambda: warn_if_other_source(global_dir, "its finished weights"))
+    else:
         gcfg = RunConfig.from_dict(cfg.to_dict())
         gcfg.global_.strategy = global_strategy
         pretrain_global(gcfg, pool, out=global_dir, resume=True, progress=progress, val=val)
     if local_strategy is None:
         return Pretrained(init, global_dir / "final.pt")
     local_dir = out / "pretrain" / init
-    if not _exists_on_main(local_dir / "final.pt"):
+    if _exists_on_main(local_dir / "final.pt"):
+        distributed.run_on_main(lambda: warn_if_other_source(local_dir, "its finished weights"))
+    else:
         lcfg = RunConfig.from_dict(cfg.to_dict())
         lcfg.global_.strategy = global_strategy
         lcfg.local.strategy = local_strategy
@@ -238,6 +243,8 @@ def _run_grid(cfg: RunConfig, out: Path, inits: list[str], n_labelled: list[int]
         distributed.run_on_main(lambda: _record_grid(out, cfg, inits, n_labelled, seeds, pretrained)))
     csv_path = out / "results.csv"
     done = distributed.broadcast_object(finished_cells(csv_path) if main else None)
+    if main and done:
+        warn_if_other_source(out, f"its {len(done)} finished cells")
     with distributed.main_first():
         split = prepare_split(cfg)
     names = class_names_of(cfg)

@@ -343,3 +343,45 @@ def test_failed_start_up_leaves_no_half_run_folder(ci_split, tmp_path):
     run_folder.prepare_run_dir(out, bad, stage="global")
     pretrain.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
     assert (out / "final.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- code provenance
+def _pretend_other_source(folder):
+    """Rewrite ``folder``'s marker as if another version of the code had made it."""
+    marker = run_folder.read_marker(folder)
+    marker["source"] = "0123456789ab"
+    (folder / run_folder.MARKER_NAME).write_text(json.dumps(marker))
+
+
+def test_resuming_a_run_that_other_code_made_warns_and_the_same_code_does_not(ci_split, tmp_path, recwarn):
+    from glcl_core.provenance import OtherSourceWarning, source_fingerprint
+
+    out = tmp_path / "r"
+    pretrain.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
+    assert run_folder.read_marker(out)["source"] == source_fingerprint()
+    pretrain.pretrain_global(_cfg(global_={"iterations": 3}), ci_split.pool, out=out, resume=True, progress=False)
+    assert not [w for w in recwarn if issubclass(w.category, OtherSourceWarning)]
+    _pretend_other_source(out)
+    with pytest.warns(OtherSourceWarning, match=r"another version of glcl_core's code \(source 0123456789ab"):
+        pretrain.pretrain_global(_cfg(global_={"iterations": 4}), ci_split.pool, out=out, resume=True,
+                                 progress=False)
+
+
+def test_a_grid_reused_after_the_code_changed_says_so(ci_split, tmp_path, recwarn):
+    from glcl_core.provenance import OtherSourceWarning
+
+    out = tmp_path / "grid"
+    cfg = _cfg(finetune={"iterations": 2})
+    experiment.run_experiment(cfg, out, inits=["random", "GD"], n_labelled=[1], seeds=[0], progress=False,
+                              log=lambda *_: None)
+    experiment.run_experiment(cfg, out, inits=["random", "GD"], n_labelled=[1], seeds=[0], progress=False,
+                              log=lambda *_: None)
+    assert not [w for w in recwarn if issubclass(w.category, OtherSourceWarning)]
+    for folder in (out, out / "pretrain" / "GD"):
+        _pretend_other_source(folder)
+    with pytest.warns(OtherSourceWarning) as caught:
+        experiment.run_experiment(cfg, out, inits=["random", "GD"], n_labelled=[1, 2], seeds=[0], progress=False,
+                                  log=lambda *_: None)
+    messages = [str(w.message) for w in caught if issubclass(w.category, OtherSourceWarning)]
+    assert any("its 2 finished cells" in m for m in messages)
+    assert any("pretrain/GD: its finished weights" in m for m in messages)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from glcl_core.provenance import warn_if_other_source
 from glcl_core.train.checkpoint import atomic_write_text, resumed_step
 from glcl_core.train.config import RUNTIME_PARTS, RunConfig
 
@@ -67,9 +68,10 @@ def read_marker(folder: str | Path) -> dict | None:
 
 def write_marker(folder: Path, stage: str | None, **extra: Any) -> None:
     from glcl_core import __version__
+    from glcl_core.provenance import source_fingerprint
 
     marker = {"project": "glcl_core", "stage": stage, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "version": __version__, **extra}
+              "version": __version__, "source": source_fingerprint(), **extra}
     atomic_write_text(folder / MARKER_NAME, json.dumps(marker, indent=2) + "\n")
 
 
@@ -234,6 +236,7 @@ def _prepare_locked(out: Path, cfg: RunConfig, resume: bool, overwrite: bool, st
                                  "choose a new or empty folder")
     if holds_run and resume:
         _check_resume(out, cfg, stage, kind)
+        warn_if_other_source(out, "the run's checkpoints")
         remove_temporary_files(out)
         if kind == "legacy":  # adopt an older run folder: it is ours (our config, a checkpoint or a run's files)
             write_marker(out, stage, adopted=True)
