@@ -6,17 +6,18 @@ the low-label results say. Submodules load on first use, so ``results`` and ``sl
 * :mod:`~glcl_core.analysis.local_maps`: local feature maps and similarity maps (re-exports
   :mod:`~glcl_core.analysis.ablation`: local mask counts and the local-stage ablation);
 * :mod:`~glcl_core.analysis.slices`: cross-volume slice statistics on raw pixels (no network);
-* :mod:`~glcl_core.analysis.results`: summaries of a low-label grid's CSV (pure pandas / numpy / scipy).
+* :mod:`~glcl_core.analysis.results`: summaries of a low-label grid's CSV (pure pandas / numpy / scipy);
+* :mod:`~glcl_core.analysis.study`: the label-efficiency study's summary tables compared across presets (pandas).
 
 ``from glcl_core import analysis`` then ``analysis.<name>`` reaches every public name of the embeddings and
 batch-mask modules (``analysis.chance_loss`` is the global one; the local one is ``local_maps.chance_loss``), and
-``from glcl_core.analysis import results, slices, local_maps`` gives the submodules.
+``from glcl_core.analysis import results, study, slices, local_maps`` gives the submodules.
 """
 from __future__ import annotations
 
 import importlib
 
-_SUBMODULES = ("embeddings", "batch_masks", "local_maps", "ablation", "slices", "results")
+_SUBMODULES = ("embeddings", "batch_masks", "local_maps", "ablation", "slices", "results", "study")
 
 # public name -> submodule defining it (every public name of the embedding and batch-mask analyses)
 _NAMES = {

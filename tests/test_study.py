@@ -1,0 +1,56 @@
+"""glcl_core.analysis.study: the study's summary tables read back and compared across presets."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from glcl_core.analysis import study
+
+
+def _efficiency(preset, rows):
+    return pd.DataFrame([{"embedded": preset, "strategy": s, "n_labelled": n, "mean": 0.5, "sd": 0.1, "n_seeds": 3,
+                          "mean_diff": d, "ci_low": lo, "ci_high": hi, "n_pairs": 3 if d == d else None,
+                          "wins": w} for s, n, d, lo, hi, w in rows])
+
+
+@pytest.fixture
+def written(tmp_path):
+    nan = float("nan")
+    pd.concat([
+        _efficiency("multicontrast", [("random", 1, nan, nan, nan, None), ("GD+LR", 1, 0.007, -0.022, 0.037, 2),
+                                      ("GD+LR", 2, 0.006, -0.021, 0.033, 2), ("GR", 1, 0.003, -0.035, 0.041, 2)]),
+        _efficiency("standard", [("random", 1, nan, nan, nan, None), ("GD+LR", 1, -0.01, -0.05, 0.03, 1)]),
+    ]).to_csv(tmp_path / "label_efficiency_cpu.csv", index=False)
+    _efficiency("multicontrast", [("random", 1, nan, nan, nan, None), ("GD+LR", 1, 0.027, -0.010, 0.064, 3)]).to_csv(
+        tmp_path / "frozen_probe_cpu.csv", index=False)
+    pd.DataFrame([{"embedded": "multicontrast", "strategy": s, "n_labelled": 1, "step": step, "mean": m, "sd": 0.1,
+                   "n_seeds": 3} for s, step, m in [("random", 50, 0.328), ("GD+LR", 50, 0.351), ("GD+LR", 100, 0.9)]]
+                 ).to_csv(tmp_path / "head_start_cpu.csv", index=False)
+    pd.DataFrame([{"embedded": "standard", "n_low": 1, "n_high": 12, "final_low": 0.7, "final_high": 0.74,
+                   "headroom_final": 0.04}]).to_csv(tmp_path / "label_headroom_grid_cpu.csv", index=False)
+    return tmp_path
+
+
+def test_overview_one_row_per_preset_and_initialisation_with_empty_cells_where_nothing_ran(written):
+    tables = study.load_study(written, "cpu")
+    assert set(tables) == {"efficiency", "probe", "head_start", "headroom"}
+    assert study.presets_of(tables) == ["standard", "multicontrast"]  # the fixed order, not the files' order
+    table = study.overview(tables)
+    assert list(table["preset"]) == ["standard", "multicontrast", "multicontrast"]
+    assert list(table["strategy"]) == ["GD+LR", "GR", "GD+LR"]  # book order within a preset; no baseline row
+    standard = table.iloc[0]
+    assert standard["headroom"] == "0.040" and standard["fine-tuned n=1"] == "-0.010 [-0.050, +0.030] 1/3"
+    assert standard["fine-tuned n=2"] == "" and standard["probe n=1"] == "" and standard["head start (step 50)"] == ""
+    gd_lr = table.iloc[2]
+    assert gd_lr["headroom"] == "" and gd_lr["probe n=1"] == "+0.027 [-0.010, +0.064] 3/3"
+    assert gd_lr["head start (step 50)"] == "+0.023"  # 0.351 - 0.328 at step 50, not the step-100 row
+    assert list(study.overview(tables, strategies=["GR"])["strategy"]) == ["GR"]
+
+
+def test_a_missing_table_is_left_out(written):
+    (written / "frozen_probe_cpu.csv").unlink()
+    tables = study.load_study(written, "cpu")
+    assert "probe" not in tables
+    assert (study.overview(tables)["probe n=1"] == "").all()
+    assert study.load_study(written / "nowhere", "cpu") == {}
+    assert study.overview({}).empty
