@@ -16,6 +16,7 @@ cells are skipped, so the command is simply repeated until everything is done:
 
     python scripts/evidence_grid.py --profile cpu --embedded multicontrast
     python scripts/evidence_grid.py --profile cpu --embedded multicontrast --summary   # CSVs and figures
+    python scripts/evidence_grid.py --profile cpu --embedded standard --status         # what is left
 
 The grid folders (default ``results/grids/PROFILE-PRESET``) keep only text: every scored cell's row in
 ``results.csv`` and its validation history, not its weights. Committing the folder therefore carries a partly
@@ -86,6 +87,26 @@ def run_plan(profile: str, embedded: str, out: Path, folder: Path, steps: list[i
             print(f"[{grid}] {ready} x n {n_labelled} x seeds {seeds}")
             run_experiment(cfg, out / grid, inits=ready, n_labelled=n_labelled, seeds=seeds, progress=False,
                            pretrained=weights, keep_weights=False)
+
+
+def plan_status(profile: str, embedded: str, out: Path, folder: Path, only: list[str] | None = None,
+                seeds: list[int] = SEEDS) -> pd.DataFrame:
+    """Per PLAN entry and initialisation: cells finished / planned, and whether its weights are there (reads only
+    the grid folders' results.csv and the checkpoint manifest; trains nothing)."""
+    from glcl_core.experiment import finished_cells
+
+    rows = []
+    for index, (grid, inits, n_labelled) in enumerate(PLAN):
+        cfg = grid_config(profile, embedded, grid)
+        done = finished_cells(out / grid / "results.csv")
+        for init in inits:
+            if only is not None and init not in only:
+                continue
+            ready = init == "random" or not available_weights(cfg, [init], folder)[1]
+            finished = sum((init, n, s) in done for n in n_labelled for s in seeds)
+            rows.append({"entry": index, "grid": grid, "init": init, "n_labelled": " ".join(map(str, n_labelled)),
+                         "finished": finished, "planned": len(n_labelled) * len(seeds), "weights": ready})
+    return pd.DataFrame(rows)
 
 
 def _replace_preset_rows(path: Path, embedded: str, table: pd.DataFrame) -> None:
@@ -164,12 +185,18 @@ def main(argv: list[str] | None = None) -> None:
                    help="only these initialisations (a grid folder takes one process at a time)")
     p.add_argument("--seeds", nargs="+", type=int, default=SEEDS, help="labelled draws (default 0 1 2)")
     p.add_argument("--summary", action="store_true", help="write the result tables and figures instead")
+    p.add_argument("--status", action="store_true", help="print what is finished and what waits for weights")
     args = p.parse_args(argv)
     out = args.out or default_grid_folder(args.profile, args.embedded)
     if args.summary:
         write_summary(out, args.embedded, Path("results"), profile=args.profile)
         return
     folder = args.folder or default_folder(args.profile, args.embedded)
+    if args.status:
+        status = plan_status(args.profile, args.embedded, out, folder, args.inits, args.seeds)
+        print(status.to_string(index=False))
+        print(f"{int(status['finished'].sum())} of {int(status['planned'].sum())} cells finished in {out}")
+        return
     print(f"weights from {folder}")
     run_plan(args.profile, args.embedded, out, folder, args.steps, args.inits, args.seeds)
 

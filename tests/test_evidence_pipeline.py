@@ -62,6 +62,12 @@ def test_grids_use_the_exported_weights_and_summarise(exported, tmp_path):
     assert spec["pretrained_sha256"] == {"GD": checkpoints.read_manifest(folder)["GD"]["sha256"]}
     assert json.loads((out / "probe" / "experiment.json").read_text())["config"]["finetune"]["freeze"] is True
     rows = len(pd.read_csv(out / "finetune" / "results.csv"))
+    status = evidence_grid.plan_status("ci", "standard", out, folder, only=["random", "GD", "GD+LR"], seeds=[0, 1])
+    first = status[status["entry"] == 0].set_index("init")
+    assert first.loc["random", "finished"] == first.loc["GD", "finished"] == first.loc["GD", "planned"] == 4
+    assert first.loc["GD+LR", "finished"] == 0 and not first.loc["GD+LR", "weights"] and first.loc["GD", "weights"]
+    assert status[status["entry"] == 1].set_index("init").loc["GD", "finished"] == 2  # the probe at 1, seeds 0 1
+    assert status[status["entry"] == 5]["finished"].sum() == 0
     evidence_grid.main(args)  # finished cells are skipped
     assert len(pd.read_csv(out / "finetune" / "results.csv")) == rows
     # the grid folder holds text only (it is committed), and a copy of it resumes elsewhere without recomputing
