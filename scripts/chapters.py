@@ -93,7 +93,8 @@ def time_line(path: Path, reading_minutes: int, times: dict | None = None) -> st
         if row:
             parts.append(f"`{profile}` {_minutes(float(row['cpu_s']))}")
     running = ", ".join(parts) + " of one CPU core (measured)" if parts else "not measured yet"
-    return f"**Time:** reading about {reading_minutes} min; running {running}; `gpu` depends on the card (Chapter 7 counts the work)."
+    counted = "section 2 counts the work" if path.name.startswith("07_") else "Chapter 7 counts the work"
+    return f"**Time:** reading about {reading_minutes} min; running {running}; `gpu` depends on the card ({counted})."
 
 
 def course_box(path: Path, meta: dict, times: dict | None = None) -> str:
