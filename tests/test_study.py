@@ -54,3 +54,22 @@ def test_a_missing_table_is_left_out(written):
     assert (study.overview(tables)["probe n=1"] == "").all()
     assert study.load_study(written / "nowhere", "cpu") == {}
     assert study.overview({}).empty
+
+
+def test_study_figure_one_panel_per_preset_filled_where_the_interval_excludes_zero(written):
+    from glcl_core.viz.study import plot_study
+
+    tables = study.load_study(written, "cpu")
+    tables["efficiency"].loc[tables["efficiency"]["strategy"] == "GR", ["ci_low", "ci_high"]] = [0.001, 0.01]
+    fig = plot_study(tables)
+    axes = fig.axes
+    assert [ax.get_title().split("\n")[0] for ax in axes] == ["standard", "multicontrast"]
+    assert "label headroom 0.040" in axes[0].get_title() and "headroom" not in axes[1].get_title()
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["GR", "GD+LR"]
+    markers = [line for line in axes[1].lines if line.get_marker() not in ("None", None, "")]
+    filled = {line.get_markerfacecolor() != "white" for line in markers}
+    assert filled == {True, False}  # GR's interval excludes 0, the others' do not
+    # the multicontrast panel: GR n=1, GD+LR n=1 and 2 fine-tuned, GD+LR probe
+    assert len(markers) == 4
+    with pytest.raises(ValueError, match="no label-efficiency table"):
+        plot_study({"probe": tables["probe"]})
