@@ -2,7 +2,8 @@
 
 One submodule per topic: ``volumes`` (slices, labels, partitions), ``browse`` (widgets over volumes),
 ``embeddings`` (views, loss curves, UMAP) with ``masks`` (contrastive masks), ``local`` (regions, similarity maps)
-with ``ablation`` (local-stage ablation), ``segmentation`` (Dice plots) with ``overlays`` (segmentation overlays).
+with ``ablation`` (local-stage ablation), ``segmentation`` (Dice plots) with ``overlays`` (segmentation overlays),
+``study`` (the label-efficiency study across presets).
 Each pair's second module is re-exported by the first (``embeddings.plot_masks``, ``local.plot_ablation``,
 ``segmentation.plot_overlays`` keep working).
 """
