@@ -164,6 +164,10 @@ def export_all(cfg: RunConfig, runs: Path, inits, dtype: str, folder: Path | Non
                                    wall_seconds=seconds, folder=folder, dtype=dtype)
         print(f"{init}: {entry['file']} {entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]}..., "
               f"{seconds:.0f} s")
+        history = final.parent / "history.csv"
+        if folder is not None and Path(folder).resolve() != checkpoints.DEFAULT_FOLDER and history.is_file():
+            # the stage's training-health log beside its weights (not in the installed package's folder)
+            shutil.copyfile(history, Path(folder) / f"{Path(entry['file']).stem}_history.csv")
 
 
 def main(argv: list[str] | None = None) -> None:

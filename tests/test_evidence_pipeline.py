@@ -36,6 +36,8 @@ def test_export_writes_finished_runs_only_and_once(exported, capsys):
     assert list(manifest) == ["GD"]  # GD+LR was never pre-trained: named, not exported
     entry = manifest["GD"]
     assert entry["config"]["global_"]["iterations"] == 4 and "pretrain_shipped.py" in entry["command"]
+    health = pd.read_csv(folder / "GD_history.csv")  # the stage's health log travels with its weights
+    assert int(health["step"].iloc[-1]) == 4 and "loss_over_chance" in health.columns
     before = (folder / "manifest.json").read_text()
     pretrain_shipped.main(["--profile", "ci", "--embedded", "standard", "--runs", str(root / "runs"),
                            "--inits", "GD", "--export", "--folder", str(folder)])
