@@ -64,6 +64,20 @@ def test_every_shipped_checkpoint_matches_its_manifest():
         ck.model()
 
 
+def test_every_committed_checkpoint_of_another_preset_matches_its_manifest():
+    """results/pretrained/PRESET: the long-budget checkpoints the other presets' grids load (committed, not installed)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "results" / "pretrained"
+    folders = sorted(p.parent for p in root.glob("*/manifest.json"))
+    assert folders, "results/pretrained/PRESET/manifest.json expected"
+    for folder in folders:
+        for name in checkpoints.available(folder):
+            ck = checkpoints.load_pretrained(name, folder)
+            assert ck.entry["bytes"] <= 10_000_000 and ck.entry["config"]["data"]["embedded"] == folder.name
+            ck.model()
+
+
 def test_shipped_weights_match_the_runs_pretraining_configuration(shipped):
     folder, _ = shipped
     cfg = make_config("ci")
