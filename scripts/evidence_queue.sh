@@ -5,6 +5,7 @@
 #   mkdir -p runs/logs
 #   nohup bash scripts/evidence_queue.sh A >> runs/logs/lane_A.log 2>&1 &
 #   nohup bash scripts/evidence_queue.sh B >> runs/logs/lane_B.log 2>&1 &
+#   bash scripts/evidence_queue.sh status                 # what is exported, which cells are finished
 #
 # What survives a fresh checkout is what is committed: the exported checkpoints (glcl_core/pretrained, or
 # results/pretrained/PRESET, with their manifest) and the grids' text files (results/grids/cpu-PRESET: results.csv
@@ -51,8 +52,15 @@ B)
         sleep 600
     done
     ;;
+status)
+    # what is exported and which grid cells are finished (reads files only)
+    "$PY" -c "import sys; sys.path.insert(0, 'scripts'); from pretrain_shipped import default_folder; \
+from glcl_core import checkpoints; f = default_folder('cpu', '$PRESET'); \
+print(f'exported in {f}:', ', '.join(checkpoints.available(f)) if (f / 'manifest.json').is_file() else 'nothing')"
+    grid --status --inits $GRID_INITS
+    ;;
 *)
-    echo "usage: bash scripts/evidence_queue.sh A|B" >&2
+    echo "usage: bash scripts/evidence_queue.sh A|B|status" >&2
     exit 2
     ;;
 esac
