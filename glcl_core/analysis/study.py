@@ -75,7 +75,8 @@ def overview(study: dict[str, pd.DataFrame], n_labelled=(1, 2), probe_labelled=(
                    "strategy": strategy}
             for name, table, counts in (("fine-tuned", eff, n_labelled), ("probe", prb, probe_labelled)):
                 for n in counts:
-                    match = None if table is None else table[(table["strategy"] == strategy) & (table["n_labelled"] == n)]
+                    match = None if table is None else table[
+                        (table["strategy"] == strategy) & (table["n_labelled"] == n)]
                     row[f"{name} n={n}"] = _interval(match.iloc[0], digits) if match is not None and len(match) else ""
             row[f"head start (step {step})"] = _head_start(hd, strategy, baseline, step, digits)
             rows.append(row)
