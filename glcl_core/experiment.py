@@ -243,8 +243,9 @@ def _run_grid(cfg: RunConfig, out: Path, inits: list[str], n_labelled: list[int]
         distributed.run_on_main(lambda: _record_grid(out, cfg, inits, n_labelled, seeds, pretrained)))
     csv_path = out / "results.csv"
     done = distributed.broadcast_object(finished_cells(csv_path) if main else None)
-    if main and done:
-        warn_if_other_source(out, f"its {len(done)} finished cells")
+    if main and done:  # each cell's folder records the code that made it
+        warn_if_other_source(out, "its finished cells",
+                             parts=[out / "finetune" / init / f"n{n}_s{seed}" for init, n, seed in sorted(done)])
     with distributed.main_first():
         split = prepare_split(cfg)
     names = class_names_of(cfg)

@@ -108,7 +108,8 @@ def test_unmarked_older_run_resumes_but_is_not_overwritten(ci_split, tmp_path):
     with pytest.raises(run_folder.RunExistsError, match="already holds a run"):
         pretrain.pretrain_global(cfg, ci_split.pool, out=out, progress=False)
     pretrain.pretrain_global(cfg, ci_split.pool, out=out, resume=True, progress=False)
-    assert run_folder.read_marker(out)["adopted"] is True  # resumed, hence recognised as ours
+    marker = run_folder.read_marker(out)
+    assert marker["adopted"] is True and marker["source"] is None  # ours, but which code made it is unknown
     # an older grid cell kept as text (config.json and history.csv, weights deleted) is a run too
     cell = tmp_path / "cell"
     cell.mkdir()
@@ -377,11 +378,28 @@ def test_a_grid_reused_after_the_code_changed_says_so(ci_split, tmp_path, recwar
     experiment.run_experiment(cfg, out, inits=["random", "GD"], n_labelled=[1], seeds=[0], progress=False,
                               log=lambda *_: None)
     assert not [w for w in recwarn if issubclass(w.category, OtherSourceWarning)]
-    for folder in (out, out / "pretrain" / "GD"):
+    _pretend_other_source(out)  # the grid folder's own marker does not count: each cell records its code
+    assert experiment.run_experiment(cfg, out, inits=["random", "GD"], n_labelled=[1], seeds=[0], progress=False,
+                                     log=lambda *_: None) is not None
+    assert not [w for w in recwarn if issubclass(w.category, OtherSourceWarning)]
+    for folder in (out / "finetune" / "GD" / "n1_s0", out / "pretrain" / "GD"):
         _pretend_other_source(folder)
     with pytest.warns(OtherSourceWarning) as caught:
         experiment.run_experiment(cfg, out, inits=["random", "GD"], n_labelled=[1, 2], seeds=[0], progress=False,
                                   log=lambda *_: None)
     messages = [str(w.message) for w in caught if issubclass(w.category, OtherSourceWarning)]
-    assert any("its 2 finished cells" in m for m in messages)
+    assert any("1 of its finished cells" in m and "0123456789ab (1)" in m for m in messages)
     assert any("pretrain/GD: its finished weights" in m for m in messages)
+
+
+def test_a_run_without_checkpoint_restarts_with_this_code_and_no_warning(ci_split, tmp_path, recwarn):
+    from glcl_core.provenance import OtherSourceWarning, source_fingerprint
+
+    out = tmp_path / "r"
+    pretrain.pretrain_global(_cfg(), ci_split.pool, out=out, progress=False)
+    for name in ("last.pt", "final.pt"):  # a history only, e.g. a run folder committed as text
+        (out / name).unlink()
+    _pretend_other_source(out)
+    pretrain.pretrain_global(_cfg(), ci_split.pool, out=out, resume=True, progress=False)
+    assert not [w for w in recwarn if issubclass(w.category, OtherSourceWarning)]
+    assert run_folder.read_marker(out)["source"] == source_fingerprint()

@@ -236,10 +236,14 @@ def _prepare_locked(out: Path, cfg: RunConfig, resume: bool, overwrite: bool, st
                                  "choose a new or empty folder")
     if holds_run and resume:
         _check_resume(out, cfg, stage, kind)
-        warn_if_other_source(out, "the run's checkpoints")
+        checkpointed = (out / "last.pt").is_file() or (out / "final.pt").is_file()
+        if checkpointed:
+            warn_if_other_source(out, "the run's checkpoints")
         remove_temporary_files(out)
         if kind == "legacy":  # adopt an older run folder: it is ours (our config, a checkpoint or a run's files)
-            write_marker(out, stage, adopted=True)
+            write_marker(out, stage, adopted=True, source=None)  # which code made it is not known
+        elif not checkpointed:  # only a history: the run starts again from step 0, with this code
+            write_marker(out, stage)
         atomic_write_text(config_file, _json(cfg))
         return False
     if holds_run and overwrite:
