@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from glcl_core import checkpoints
-from glcl_core.experiment import run_experiment
+from glcl_core.experiment import finished_cells, run_experiment
 from glcl_core.train.config import RunConfig, make_config
 from pretrain_shipped import default_folder  # scripts/ is on the path when this file is run
 
@@ -93,7 +93,6 @@ def plan_status(profile: str, embedded: str, out: Path, folder: Path, only: list
                 seeds: list[int] = SEEDS) -> pd.DataFrame:
     """Per PLAN entry and initialisation: cells finished / planned, and whether its weights are there (reads only
     the grid folders' results.csv and the checkpoint manifest; trains nothing)."""
-    from glcl_core.experiment import finished_cells
 
     rows = []
     for index, (grid, inits, n_labelled) in enumerate(PLAN):
@@ -127,7 +126,8 @@ def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "c
       count the mean +- sd over seeds and the paired difference to random init with its 95 % interval;
     * ``head_start_{profile}.csv``: validation Dice against fine-tuning step, mean and sd over seeds, 1 labelled volume;
     * ``label_headroom_grid_{profile}.csv``: the label headroom (random init, validation, 12 vs 1 labelled volumes,
-      ``glcl_core.analysis.results.label_headroom``) of the grid's own runs, once both counts are finished;
+      ``glcl_core.analysis.results.label_headroom``) of the grid's own runs, once every seed of both counts is
+      finished (curves and head start read finished cells only);
     * ``figures/{label_efficiency,frozen_probe,head_start}_{profile}_{embedded}.png``.
     """
     from glcl_core.analysis import results
@@ -148,14 +148,21 @@ def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "c
         fig = seg.plot_label_efficiency(efficiency[efficiency["strategy"].isin(MAIN)],
                                         title=f"Label efficiency, {embedded} preset (fine-tuned, test volumes)")
         fig.savefig(figures / f"label_efficiency_{profile}_{embedded}.png", dpi=120)
-        curves = results.curve_summary(results.validation_curves(grid))
+        # validation curves of finished cells only (a cell still running has a partial history.csv)
+        done = finished_cells(grid / "results.csv")
+        all_curves = results.validation_curves(grid)
+        keep = [(s, int(n), int(d)) in done for s, n, d in
+                zip(all_curves["strategy"], all_curves["n_labelled"], all_curves["seed"])]
+        all_curves = all_curves[keep]
+        curves = results.curve_summary(all_curves)
         curves = curves[curves["n_labelled"] == 1]
         _replace_preset_rows(results_dir / f"head_start_{profile}.csv", embedded, curves)
         fig = seg.plot_validation_curves(curves[curves["strategy"].isin(MAIN)],
                                          title=f"Head start, {embedded} preset, 1 labelled volume")
         fig.savefig(figures / f"head_start_{profile}_{embedded}.png", dpi=120)
-        random_curves = results.validation_curves(grid).query("strategy == 'random'")
-        if {1, ALL_LABELLED} <= set(random_curves["n_labelled"]):
+        random_curves = all_curves[all_curves["strategy"] == "random"]
+        runs = random_curves.groupby("n_labelled")["seed"].nunique()
+        if all(runs.get(n, 0) == len(SEEDS) for n in (1, ALL_LABELLED)):  # every draw of both counts finished
             headroom = results.label_headroom(random_curves, low=1, high=ALL_LABELLED)
             _replace_preset_rows(results_dir / f"label_headroom_grid_{profile}.csv", embedded,
                                  pd.DataFrame([headroom]))

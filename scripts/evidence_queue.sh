@@ -48,9 +48,17 @@ A)
 B)
     # the fine-tuning grid from the exported weights; while initialisations are still missing, it waits for lane A
     # to export them (a pass over finished cells only reads them) and goes on
-    while grid --steps $FINETUNE_STEPS --inits $GRID_INITS | tee /dev/stderr | grep "waiting for" > /dev/null; do
+    # (the pass's output goes to the lane's log as it comes and to a copy that is searched; a failing grid stops
+    # the lane)
+    pass_log="$(mktemp)"
+    while true; do
+        if ! grid --steps $FINETUNE_STEPS --inits $GRID_INITS 2>&1 | tee "$pass_log"; then
+            exit 1
+        fi
+        grep -q "waiting for" "$pass_log" || break
         sleep 600
     done
+    rm -f "$pass_log"
     ;;
 status)
     # what is exported and which grid cells are finished (reads files only)

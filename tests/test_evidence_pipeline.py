@@ -81,6 +81,10 @@ def test_grids_use_the_exported_weights_and_summarise(exported, tmp_path):
     assert pd.read_csv(moved / "finetune" / "results.csv").equals(pd.read_csv(out / "finetune" / "results.csv"))
     assert not list(moved.rglob("*.pt"))
 
+    # a cell still running (a partial history, no row in results.csv) is left out of the curves
+    running = out / "finetune" / "finetune" / "random" / "n1_s7"
+    running.mkdir()
+    (running / "history.csv").write_text("step,loss,images_per_s,val_dice\n1,1.0,10,0.01\n")
     written = evidence_grid.write_summary(out, "standard", results_dir, profile="ci")
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
     efficiency = pd.read_csv(results_dir / "label_efficiency_ci.csv")
