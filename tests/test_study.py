@@ -73,3 +73,16 @@ def test_study_figure_one_panel_per_preset_filled_where_the_interval_excludes_ze
     assert len(markers) == 4
     with pytest.raises(ValueError, match="no label-efficiency table"):
         plot_study({"probe": tables["probe"]})
+
+
+def test_study_edge_cases_give_empty_cells_or_a_clear_error(written):
+    from glcl_core.viz.study import plot_study
+
+    tables = study.load_study(written, "cpu")
+    tables["headroom"].loc[:, "headroom_final"] = float("nan")  # e.g. a preset whose 12-volume runs failed
+    assert (study.overview(tables)["headroom"] == "").all()
+    tables["headroom"] = pd.concat([tables["headroom"], tables["headroom"].assign(embedded="varied")])
+    fig = plot_study(tables)  # a preset with a headroom row only gets no panel
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes] == ["standard", "multicontrast"]
+    with pytest.raises(ValueError, match="no label-efficiency table"):
+        plot_study({**tables, "efficiency": tables["efficiency"].iloc[:0]})

@@ -34,9 +34,9 @@ def plot_study(study: dict[str, pd.DataFrame], strategies=None, baseline: str = 
     Raises:
         ValueError: ``study`` holds no label-efficiency table.
     """
-    if "efficiency" not in study:
+    if "efficiency" not in study or study["efficiency"].empty:
         raise ValueError("the study has no label-efficiency table (label_efficiency_<profile>.csv): nothing to plot")
-    presets = presets_of(study)
+    presets = presets_of({"efficiency": study["efficiency"]})  # a panel per preset with fine-tuning results
     names = strategy_order(pd.concat([t["strategy"] for t in study.values() if "strategy" in t.columns]))
     shown = [s for s in names if s != baseline and (strategies is None or s in strategies)]
     if fig is None:
@@ -69,7 +69,8 @@ def plot_study(study: dict[str, pd.DataFrame], strategies=None, baseline: str = 
         ax.set_xlabel(f"difference to {baseline} (test Dice)")
         room = study.get("headroom")
         room = None if room is None else room[room["embedded"] == preset]
-        suffix = f"\nlabel headroom {room['headroom_final'].iloc[0]:.3f}" if room is not None and len(room) else ""
+        known = room is not None and len(room) and pd.notna(room["headroom_final"].iloc[0])
+        suffix = f"\nlabel headroom {room['headroom_final'].iloc[0]:.3f}" if known else ""
         ax.set_title(f"{preset}{suffix}", fontsize=10)
     axes[0].set_yticks(range(len(shown)))
     axes[0].set_yticklabels(shown)
