@@ -73,9 +73,9 @@ def overview(study: dict[str, pd.DataFrame], n_labelled=(1, 2), probe_labelled=(
         eff, prb, hd, room = of(efficiency), of(probe), of(head), of(headroom)
         present = [t["strategy"] for t in (eff, prb, hd) if t is not None and len(t)]
         names = strategy_order(pd.concat(present)) if present else []
-        headroom = _number(room["headroom_final"].iloc[0], digits) if room is not None and len(room) else ""
+        room_text = _number(room["headroom_final"].iloc[0], digits) if room is not None and len(room) else ""
         for strategy in [s for s in names if s != baseline and (strategies is None or s in strategies)]:
-            row = {"preset": preset, "headroom": headroom, "strategy": strategy}
+            row = {"preset": preset, "headroom": room_text, "strategy": strategy}
             for name, table, counts in (("fine-tuned", eff, n_labelled), ("probe", prb, probe_labelled)):
                 for n in counts:
                     match = None if table is None else table[
