@@ -25,6 +25,7 @@ finished grid to another checkout, where the same command goes on with the cells
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,27 @@ def _replace_preset_rows(path: Path, embedded: str, table: pd.DataFrame) -> None
     table.to_csv(path, index=False, float_format="%.6g")
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
+def _refuse_other_grid(kept_spec: Path, grid_spec: Path) -> None:
+    """Stop before a grid's rows replace those of another grid kept under the same name in ``results/`` (e.g. an
+    earlier, shorter pre-training budget that a chapter still reads): the user moves or renames that file first."""
+    if not kept_spec.exists():
+        return
+    kept, ours = (_flat(json.loads(p.read_text())["config"]) for p in (kept_spec, grid_spec))
+    differ = [f"{k}: {kept.get(k)} there, {ours.get(k)} here" for k in sorted(set(kept) | set(ours))
+              if k in kept and kept.get(k) != ours.get(k)]  # keys added to the configuration since are not a conflict
+    if differ:
+        raise SystemExit(f"{kept_spec.with_suffix('.csv')} holds another grid ({kept_spec.name} differs from "
+                         f"{grid_spec} in {'; '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}); nothing was "
+                         "written. Move or rename those two files, then summarise again.")
+
+
 def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "cpu") -> list[Path]:
     """The study's tables and figures from the grid folders under ``out`` (whatever cells are finished):
 
@@ -141,6 +163,7 @@ def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "c
     if (grid / "results.csv").exists():
         table = results.load_results(grid / "results.csv")
         stem = f"low_label_{profile}" if shipped else f"low_label_{profile}_{embedded}"
+        _refuse_other_grid(results_dir / f"{stem}.json", grid / "experiment.json")
         table.to_csv(results_dir / f"{stem}.csv", index=False)
         shutil.copyfile(grid / "experiment.json", results_dir / f"{stem}.json")
         efficiency = results.label_efficiency(table)

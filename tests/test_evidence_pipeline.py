@@ -95,6 +95,16 @@ def test_grids_use_the_exported_weights_and_summarise(exported, tmp_path):
     assert set(probe["strategy"]) == {"random", "GD"} and set(probe["n_labelled"]) == {1}
     head = pd.read_csv(results_dir / "head_start_ci.csv")
     assert set(head["n_labelled"]) == {1} and (head["n_seeds"] == 2).all()
+    # a summary of the same grid again replaces its own rows; another grid kept under that name stops it
+    evidence_grid.write_summary(out, "standard", results_dir, profile="ci")
+    spec_path, rows_path = results_dir / "low_label_ci_standard.json", results_dir / "low_label_ci_standard.csv"
+    other = json.loads(spec_path.read_text())
+    other["config"]["global_"]["iterations"] += 1
+    spec_path.write_text(json.dumps(other))
+    rows_path.write_text("the other grid's rows\n")
+    with pytest.raises(SystemExit, match=r"low_label_ci_standard\.csv holds another grid.*global_\.iterations"):
+        evidence_grid.write_summary(out, "standard", results_dir, profile="ci")
+    assert rows_path.read_text() == "the other grid's rows\n"
     # a second preset's rows are added beside the first's, not over them
     evidence_grid._replace_preset_rows(results_dir / "label_efficiency_ci.csv", "varied",
                                        efficiency.drop(columns="embedded"))
