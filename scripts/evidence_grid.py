@@ -34,6 +34,7 @@ import pandas as pd
 from glcl_core import checkpoints
 from glcl_core.experiment import finished_cells, run_experiment
 from glcl_core.train.config import RunConfig, make_config
+from glcl_core.train.run_folder import config_differences
 from pretrain_shipped import default_folder  # scripts/ is on the path when this file is run
 
 MAIN = ["random", "GR", "GD", "PCL", "GD+LR"]  # the label-efficiency curves
@@ -118,25 +119,18 @@ def _replace_preset_rows(path: Path, embedded: str, table: pd.DataFrame) -> None
     table.to_csv(path, index=False, float_format="%.6g")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
-
-
 def _refuse_other_grid(kept_spec: Path, grid_spec: Path) -> None:
     """Stop before a grid's rows replace those of another grid kept under the same name in ``results/`` (e.g. an
     earlier, shorter pre-training budget that a chapter still reads): the user moves or renames that file first."""
     if not kept_spec.exists():
         return
-    kept, ours = (_flat(json.loads(p.read_text())["config"]) for p in (kept_spec, grid_spec))
-    differ = [f"{k}: {kept.get(k)} there, {ours.get(k)} here" for k in sorted(set(kept) | set(ours))
-              if k in kept and kept.get(k) != ours.get(k)]  # keys added to the configuration since are not a conflict
+    kept, ours = (json.loads(p.read_text())["config"] for p in (kept_spec, grid_spec))
+    # settings added to the configuration since that file was written are not a conflict
+    differ = [d for d in config_differences(kept, ours) if ": '(unset)' -> " not in d]
     if differ:
-        raise SystemExit(f"{kept_spec.with_suffix('.csv')} holds another grid ({kept_spec.name} differs from "
-                         f"{grid_spec} in {'; '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}); nothing was "
-                         "written. Move or rename those two files, then summarise again.")
+        shown = "; ".join(differ[:4]) + (" ..." if len(differ) > 4 else "")
+        raise SystemExit(f"{kept_spec.with_suffix('.csv')} holds another grid ({kept_spec.name} -> {grid_spec}: "
+                         f"{shown}); nothing was written. Move or rename those two files, then summarise again.")
 
 
 def write_summary(out: Path, embedded: str, results_dir: Path, profile: str = "cpu") -> list[Path]:
