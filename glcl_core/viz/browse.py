@@ -50,6 +50,46 @@ def _check(volumes: Sequence[Volume], volume: int) -> None:
         raise ValueError(f"volume index {volume} out of range for {len(volumes)} volumes")
 
 
+def volume_browser(volumes: Sequence[Volume], frame: Callable[[Volume, int, bool], Figure], toggle: widgets.Checkbox,
+                   volume: int = 0, z: int | None = None) -> widgets.VBox:
+    """The controls every slice browser shares: a volume dropdown, a slice slider and one toggle over ``frame``.
+
+    ``frame(volume, z, toggle.value) -> Figure`` draws one frame. Switching volume keeps the slider's relative
+    position (a 40-slice and a 60-slice volume map slice 20 to slice 30).
+    Returns ``VBox([HBox([dropdown, slider, toggle]), Output])``; the first frame is already drawn.
+    """
+    _check(volumes, volume)
+    n_slices = volumes[int(volume)].n_slices
+    chooser = volume_dropdown(volumes, volume)
+    slider = widgets.IntSlider(value=n_slices // 2 if z is None else int(np.clip(z, 0, n_slices - 1)), min=0,
+                               max=n_slices - 1, description="slice z", continuous_update=False,
+                               layout=widgets.Layout(width="330px"))
+    output = widgets.Output()
+    busy = {"switching": False}  # one draw per volume switch, not one per slider change it causes
+
+    def render(*_) -> None:
+        if not busy["switching"]:
+            show_in(output, frame(volumes[chooser.value], slider.value, toggle.value))
+
+    def switch(change) -> None:
+        old, new = volumes[change["old"]], volumes[change["new"]]
+        relative = (slider.value + 0.5) / old.n_slices
+        busy["switching"] = True
+        try:  # set max and value together, then draw once
+            slider.max = max(slider.value, new.n_slices - 1)
+            slider.value = int(min(new.n_slices - 1, np.floor(relative * new.n_slices)))
+            slider.max = new.n_slices - 1
+        finally:
+            busy["switching"] = False
+        render()
+
+    chooser.observe(switch, names="value")
+    slider.observe(render, names="value")
+    toggle.observe(render, names="value")
+    render()
+    return widgets.VBox([widgets.HBox([chooser, slider, toggle]), output])
+
+
 def slice_browser(volumes: Sequence[Volume], n_partitions: int = 4, volume: int = 0, z: int | None = None,
                   show_label: bool = True, draw: Callable[..., Figure] = plot_slice) -> widgets.VBox:
     """Browse the slices of several volumes: a volume dropdown, a slice slider and a label-overlay toggle.
@@ -67,38 +107,9 @@ def slice_browser(volumes: Sequence[Volume], n_partitions: int = 4, volume: int 
     Returns:
         ``VBox([HBox(controls), Output])``; the first frame is already drawn.
     """
-    _check(volumes, volume)
-    n_slices = volumes[int(volume)].n_slices
-    chooser = volume_dropdown(volumes, volume)
-    slider = widgets.IntSlider(value=n_slices // 2 if z is None else int(np.clip(z, 0, n_slices - 1)), min=0,
-                               max=n_slices - 1, description="slice z", continuous_update=False,
-                               layout=widgets.Layout(width="330px"))
     overlay = widgets.Checkbox(value=bool(show_label), description="label overlay", indent=False)
-    output = widgets.Output()
-    busy = {"switching": False}
-
-    def render(*_) -> None:
-        if not busy["switching"]:
-            show_in(output, draw(volumes[chooser.value], slider.value, n_partitions=n_partitions,
-                                 show_label=overlay.value))
-
-    def switch(change) -> None:
-        old, new = volumes[change["old"]], volumes[change["new"]]
-        relative = (slider.value + 0.5) / old.n_slices
-        busy["switching"] = True
-        try:  # set max and value together, then draw once
-            slider.max = max(slider.value, new.n_slices - 1)
-            slider.value = int(min(new.n_slices - 1, np.floor(relative * new.n_slices)))
-            slider.max = new.n_slices - 1
-        finally:
-            busy["switching"] = False
-        render()
-
-    chooser.observe(switch, names="value")
-    slider.observe(render, names="value")
-    overlay.observe(render, names="value")
-    render()
-    return widgets.VBox([widgets.HBox([chooser, slider, overlay]), output])
+    return volume_browser(volumes, lambda v, zz, shown: draw(v, zz, n_partitions=n_partitions, show_label=shown),
+                          overlay, volume, z)
 
 
 def partition_explorer(volumes: Sequence[Volume], n_partitions: int = 4, volume: int = 0,

@@ -143,40 +143,13 @@ def overlay_browser(volumes: Sequence[Volume], predictions: Mapping[str, Mapping
     """
     import ipywidgets as widgets
 
-    from glcl_core.viz.browse import show_in, volume_dropdown
+    from glcl_core.viz.browse import volume_browser
 
-    if not volumes:
-        raise ValueError("no volumes to browse")
-    first = volumes[int(volume)]
-    chooser = volume_dropdown(volumes, volume)
-    slider = widgets.IntSlider(value=first.n_slices // 2 if z is None else int(z), min=0, max=first.n_slices - 1,
-                               description="slice z", continuous_update=False, layout=widgets.Layout(width="330px"))
-    errors = widgets.Checkbox(value=False, description="show wrong pixels", indent=False)
-    output = widgets.Output()
-    busy = {"switching": False}
-
-    def render(*_) -> None:
-        if busy["switching"]:
-            return
-        v = volumes[chooser.value]
+    def frame(v: Volume, z: int, show_errors: bool) -> Figure:
         step = max(1, v.n_slices // 6)
-        shown = [min(v.n_slices - 1, slider.value + i * step) for i in range(n_rows)]
-        show_in(output, plot_overlays(v, predictions[v.name], list(dict.fromkeys(shown)), n_classes=n_classes,
-                                      show_errors=errors.value, class_names=class_names))
+        shown = [min(v.n_slices - 1, z + i * step) for i in range(n_rows)]
+        return plot_overlays(v, predictions[v.name], list(dict.fromkeys(shown)), n_classes=n_classes,
+                             show_errors=show_errors, class_names=class_names)
 
-    def switch(change) -> None:
-        old, new = volumes[change["old"]], volumes[change["new"]]
-        busy["switching"] = True
-        try:
-            slider.max = max(slider.value, new.n_slices - 1)
-            slider.value = int(min(new.n_slices - 1, (slider.value + 0.5) / old.n_slices * new.n_slices))
-            slider.max = new.n_slices - 1
-        finally:
-            busy["switching"] = False
-        render()
-
-    chooser.observe(switch, names="value")
-    slider.observe(render, names="value")
-    errors.observe(render, names="value")
-    render()
-    return widgets.VBox([widgets.HBox([chooser, slider, errors]), output])
+    errors = widgets.Checkbox(value=False, description="show wrong pixels", indent=False)
+    return volume_browser(volumes, frame, errors, volume, z)
