@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GLCL_DATA_DIR", str(ROOT / ".cache" / "glcl_data"))
@@ -35,3 +36,13 @@ def ci_split(ci_config):
     from glcl_core.experiment import prepare_split
 
     return prepare_split(ci_config)
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``accelerator`` runs once per CUDA / MPS device present (skipped on a CPU-only machine)."""
+    if "accelerator" in metafunc.fixturenames:
+        devices = [kind for kind, present in (("cuda", torch.cuda.is_available()),
+                                              ("mps", getattr(torch.backends, "mps", None) is not None
+                                               and torch.backends.mps.is_available())) if present]
+        metafunc.parametrize("accelerator", devices
+                             or [pytest.param("none", marks=pytest.mark.skip(reason="no CUDA/MPS device"))])

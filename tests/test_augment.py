@@ -243,18 +243,8 @@ def test_augment_batch_keeps_metadata():
     assert out.images.shape == batch.images.shape
 
 
-def _accelerators():
-    devices = []
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices or [pytest.param("none", marks=pytest.mark.skip(reason="no CUDA/MPS device"))]
-
-
-@pytest.mark.parametrize("device", _accelerators())
-def test_cpu_generator_drives_device_tensors(device):
+def test_cpu_generator_drives_device_tensors(accelerator):
+    device = accelerator
     x = smooth_images()
     params = GlobalAug(p_elastic=1.0, elastic_sigma=2.0)  # no per-pixel noise: results comparable to CPU
     ref, _ = global_views(x, gen(0), params)

@@ -188,24 +188,31 @@ def test_run_folder_never_overwritten(ci_split, tmp_path):
     pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "r", overwrite=True, progress=False)
 
 
-def test_resume_after_crash_gives_identical_weights(ci_split, tmp_path, monkeypatch):
-    """Interrupt global pre-training mid-run, resume, and end with exactly the uninterrupted weights."""
-    cfg = make_config("ci", global_={"strategy": "GD", "iterations": 6, "checkpoint_every": 2})
-    full = pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "full", progress=False)
-
+def _interrupted_at_step(monkeypatch, n: int, run) -> None:
+    """Run ``run()`` with its ``n``-th optimiser step raising KeyboardInterrupt (a session that drops mid-run)."""
     real_step = pretrain._optimiser_step  # the stage's one optimiser call per step
     calls = {"n": 0}
 
     def crashing_step(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:  # after the step-2 checkpoint, before the step-4 one
+        if calls["n"] == n:
             raise KeyboardInterrupt("session dropped")
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(pretrain, "_optimiser_step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
-        pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", progress=False)
+        run()
     monkeypatch.setattr(pretrain, "_optimiser_step", real_step)
+
+
+def test_resume_after_crash_gives_identical_weights(ci_split, tmp_path, monkeypatch):
+    """Interrupt global pre-training mid-run, resume, and end with exactly the uninterrupted weights."""
+    cfg = make_config("ci", global_={"strategy": "GD", "iterations": 6, "checkpoint_every": 2})
+    full = pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "full", progress=False)
+
+    # after the step-2 checkpoint, before the step-4 one
+    _interrupted_at_step(monkeypatch, 4,
+                         lambda: pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", progress=False))
     assert ckpt_mod.load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 2
     resumed = pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", resume=True, progress=False)
     assert _same_weights(full.weights(), resumed.weights())
@@ -317,19 +324,9 @@ def test_resume_with_pcl_preset_and_lr_schedule_gives_identical_weights(ci_split
     assert saved["schedule"]["last_epoch"] == 3
     assert saved["optimiser"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cos(pi) after the end
 
-    real_step = pretrain._optimiser_step
-    calls = {"n": 0}
-
-    def crashing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # after the step-2 checkpoint, before the step-3 one
-            raise KeyboardInterrupt("session dropped")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(pretrain, "_optimiser_step", crashing_step)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", progress=False)
-    monkeypatch.setattr(pretrain, "_optimiser_step", real_step)
+    # after the step-2 checkpoint, before the step-3 one
+    _interrupted_at_step(monkeypatch, 3,
+                         lambda: pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", progress=False))
     cut = ckpt_mod.load_checkpoint(tmp_path / "cut" / "last.pt")
     assert cut["step"] == 2 and cut["state"]["schedule"]["last_epoch"] == 2
     resumed = pretrain.pretrain_global(cfg, ci_split.pool, out=tmp_path / "cut", resume=True, progress=False)
