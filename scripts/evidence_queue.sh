@@ -44,6 +44,11 @@ A)
     grid --steps $PROBE_STEPS --inits $GRID_INITS
     # the validation measures of the long budget, from the exported weights (no pre-training)
     budget --embedded "$PRESET" --budgets 3000 --inits PCL GR GD GD+LR --shipped
+    if [ "$PRESET" = standard ]; then
+        # the sweep's shorter budgets for G^R and PCL (the first sweep on this preset measured G^D and G^D + L^R
+        # only, at 300, 1000 and 3000 steps, to choose the long budget)
+        budget --embedded standard --budgets 300 1000 --inits GR PCL
+    fi
     ;;
 B)
     # the fine-tuning grid from the exported weights; while initialisations are still missing, it waits for lane A
