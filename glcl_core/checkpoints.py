@@ -92,7 +92,8 @@ def available(folder: str | Path | None = None) -> list[str]:
 def export(run_checkpoint: str | Path, name: str, command: str, wall_seconds: float,
            folder: str | Path | None = None, dtype: str = "float32") -> dict[str, Any]:
     """Write the U-Net parts fine-tuning loads from a pre-training run's ``final.pt`` (its ``config.json`` beside
-    it; see :func:`shipped_parts`) as ``name`` and record it in the manifest. ``dtype="float16"`` halves the file (check that Dice is unchanged first)."""
+    it; see :func:`shipped_parts`) as ``name`` and record it in the manifest. ``dtype="float16"`` halves the file
+    (check that Dice is unchanged first)."""
     run_checkpoint = Path(run_checkpoint)
     folder = Path(folder or DEFAULT_FOLDER)
     source = load_checkpoint(run_checkpoint)

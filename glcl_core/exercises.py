@@ -82,7 +82,8 @@ def _as_bool_masks(out, n: int, what: str) -> tuple[torch.Tensor, torch.Tensor] 
 
 def check_global_masks(fn: Callable, strategy: str, threshold: float = 0.1, quiet: bool = False) -> CheckResult:
     """Compare ``fn(image, volume, partition, position)`` with
-    :func:`glcl_core.contrastive.global_masks.global_masks` for ``strategy`` (``"GR"``, ``"GD-"``, ``"GD"`` or ``"PCL"`` with ``threshold``) on batches of 2 to 5 volumes."""
+    :func:`glcl_core.contrastive.global_masks.global_masks` for ``strategy`` (``"GR"``, ``"GD-"``, ``"GD"`` or
+    ``"PCL"`` with ``threshold``) on batches of 2 to 5 volumes."""
     cases = [(2, 4, 0), (3, 4, 1), (5, 3, 2), (4, 2, 3)]
     for n_volumes, n_partitions, seed in cases:
         meta = random_global_batch(n_volumes, n_partitions, seed=seed)

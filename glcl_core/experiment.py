@@ -211,7 +211,8 @@ def open_grid_dir(out: Path):
     if kind == "file":
         raise NotARunFolderError(f"{out} is a file, not a grid folder; choose another --out")
     if kind == "legacy" or (marker is not None and marker.get("stage") != "experiment"):
-        raise NotARunFolderError(f"{out} is a training run folder, not an experiment's grid folder; choose another --out")
+        raise NotARunFolderError(f"{out} is a training run folder, not an experiment's grid folder; "
+                                 "choose another --out")
     if kind == "foreign" and not (out / "experiment.json").is_file():
         raise NotARunFolderError(f"{out} is not empty and is not a glcl_core grid folder (no .glcl_run.json or "
                                  "experiment.json): nothing was written there; choose a new or empty folder")
@@ -290,10 +291,11 @@ def _run_grid(cfg: RunConfig, out: Path, inits: list[str], n_labelled: list[int]
 
 def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[int], seeds: list[int],
                  pretrained: Mapping[str, Path] | None = None) -> str:
-    """Keep the grid's configuration beside its results; refuse to mix results of different configurations
-    (speed settings may differ) or of different given pre-trained weights (recorded by SHA-256). Returns the grid's Dice resolution (``evaluate``'s ``resolution``): ``"native"``
-    for a new grid; a grid whose ``experiment.json`` predates the ``dice_resolution`` entry was scored on the
-    preprocessed grid and keeps ``"resampled"``, so one CSV never mixes the two."""
+    """Keep the grid's configuration beside its results; refuse to mix results of different configurations (speed
+    settings may differ) or of different given pre-trained weights (recorded by SHA-256). Returns the grid's Dice
+    resolution (``evaluate``'s ``resolution``): ``"native"`` for a new grid; a grid whose ``experiment.json`` predates
+    the ``dice_resolution`` entry was scored on the preprocessed grid and keeps ``"resampled"``, so one CSV never
+    mixes the two."""
     from glcl_core.checkpoints import sha256_of
     from glcl_core.train.checkpoint import atomic_write_text
 

@@ -49,12 +49,12 @@ class IntensityAug:
 class SpatialAug:
     """Per-image spatial transforms, each applied with its probability ``p_*``.
 
-    ``crop_side``: range of the crop side as a fraction of the image side, resized back to full size.
-    ``crop_origin``: range of the crop's top-left corner as a fraction of the image side, drawn per axis (``None``:
-    anywhere the crop fits inside the image). ``rotation_deg``: rotation drawn from ``U(-r, r)``. ``scale``: zoom factor range
-    (> 1 zooms in). ``elastic_sigma``: std in pixels of the displacement vectors on an ``elastic_grid`` x
-    ``elastic_grid`` control grid, upsampled bicubically to a smooth field. ``padding_mode`` of ``grid_sample``
-    for samples outside the image (``zeros`` maps labels there to background 0).
+    ``crop_side``: range of the crop side as a fraction of the image side, resized back to full size. ``crop_origin``:
+    range of the crop's top-left corner as a fraction of the image side, drawn per axis (``None``: anywhere the crop
+    fits inside the image). ``rotation_deg``: rotation drawn from ``U(-r, r)``. ``scale``: zoom factor range (> 1
+    zooms in). ``elastic_sigma``: std in pixels of the displacement vectors on an ``elastic_grid`` x ``elastic_grid``
+    control grid, upsampled bicubically to a smooth field. ``padding_mode`` of ``grid_sample`` for samples outside the
+    image (``zeros`` maps labels there to background 0).
     """
 
     crop_side: tuple[float, float] = (1.0, 1.0)

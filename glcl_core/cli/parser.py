@@ -58,8 +58,8 @@ def _positive_float(text: str) -> float:
 def _embedded_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedded", choices=EMBEDDED_PRESETS, default=None,
                    help="preset of the embedded data set when --data is not given (default standard; "
-                        "varied: more anatomical and contrast variation between subjects; multicontrast: varied shapes, "
-                        "T1-, T2- or PD-like tissue contrast per subject)")
+                        "varied: more anatomical and contrast variation between subjects; "
+                        "multicontrast: varied shapes, T1-, T2- or PD-like tissue contrast per subject)")
 
 
 def _preset_flag(p: argparse.ArgumentParser, what: str) -> None:
@@ -90,7 +90,8 @@ def _common(p: argparse.ArgumentParser, out_help: str) -> None:
                    help="segmentation classes with background (default: from the data: dataset.json labels, else "
                         "the largest label value + 1; the embedded set has 4)")
     p.add_argument("--n-test", type=_non_negative_int, default=None, metavar="N",
-                   help="subjects held out for testing (default 6; a subject's volumes, e.g. ACDC ED and ES, stay together)")
+                   help="subjects held out for testing (default 6; a subject's volumes, e.g. ACDC ED and ES, "
+                        "stay together)")
     p.add_argument("--n-val", type=_non_negative_int, default=None, metavar="N",
                    help="subjects for model selection (default 2)")
     p.add_argument("--profile", choices=PROFILES, default=None,

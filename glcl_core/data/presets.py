@@ -78,7 +78,8 @@ PRESETS: dict[str, GeneratorParams] = {
 
 
 def generator_params(preset: str | GeneratorParams | None) -> GeneratorParams:
-    """The parameters of a preset name (``standard``, ``varied``, ``multicontrast``), or ``preset`` itself when it is parameters."""
+    """The parameters of a preset name (``standard``, ``varied``, ``multicontrast``), or ``preset`` itself when it is
+    parameters."""
     if preset is None:
         return PRESETS["standard"]
     if isinstance(preset, GeneratorParams):

@@ -22,10 +22,11 @@ LOCAL_STRATEGIES = ("LR", "LD")
 class DataConfig:
     """Which volumes, at what resolution, and how they are split.
 
-    ``path=None`` means the embedded data set, made with the generator preset ``embedded``. The split is fixed by ``split_seed``, by subject (``glcl_core.data.split``): ``n_test``
-    test subjects (never used for any choice), ``n_val`` validation subjects (model selection), the rest form the
-    training pool (pre-training images and the labelled volumes drawn for fine-tuning). A subject is one volume on
-    the embedded and Decathlon data (the counts are volumes) and one patient's ED and ES frames on ACDC (patients).
+    ``path=None`` means the embedded data set, made with the generator preset ``embedded``. The split is fixed by
+    ``split_seed``, by subject (``glcl_core.data.split``): ``n_test`` test subjects (never used for any choice),
+    ``n_val`` validation subjects (model selection), the rest form the training pool (pre-training images and the
+    labelled volumes drawn for fine-tuning). A subject is one volume on the embedded and Decathlon data (the counts
+    are volumes) and one patient's ED and ES frames on ACDC (patients).
     """
 
     path: str | None = None

@@ -84,11 +84,11 @@ def evaluate(model: UNet, volumes: list[Volume], device: torch.device | str | No
     Args:
         resolution: ``"native"`` (default): Dice on each volume's own grid, the prediction mapped back
             (:func:`native_prediction`) and compared with the label at its stored resolution (canonical orientation,
-            not resampled); needs ``meta["native_grid"]`` and a native label (:func:`glcl_core.data.cases.native_label`),
-            which volumes from :func:`glcl_core.data.load_volumes` (NIfTI folders and the embedded data set) carry.
-            Other volumes (e.g. built by hand) fall back to the preprocessed grid. ``"resampled"``: Dice on the
-            preprocessed grid for every volume (faster; voxels cropped away by preprocessing are not counted and the
-            label has been resampled with nearest neighbour).
+            not resampled); needs ``meta["native_grid"]`` and a native label
+            (:func:`glcl_core.data.cases.native_label`), which volumes from :func:`glcl_core.data.load_volumes` (NIfTI
+            folders and the embedded data set) carry. Other volumes (e.g. built by hand) fall back to the preprocessed
+            grid. ``"resampled"``: Dice on the preprocessed grid for every volume (faster; voxels cropped away by
+            preprocessing are not counted and the label has been resampled with nearest neighbour).
         interpolation: how native predictions are mapped back, ``"linear"`` (probabilities) or ``"nearest"``.
     Returns:
         pandas.DataFrame with one row per volume and foreground class; ``resolution`` says which grid each row's

@@ -97,7 +97,8 @@ def _is_legacy_run(folder: Path) -> bool:
 def folder_kind(folder: str | Path) -> str:
     """What a folder is to glcl_core: ``"new"`` (missing, empty, or only our lock/temporary files), ``"marked"``
     (made by glcl_core: it holds the marker), ``"legacy"`` (a run made before the marker existed: our
-    ``config.json`` with a checkpoint or only a run's files), ``"foreign"`` (anything else that is not empty) or ``"file"`` (not a folder)."""
+    ``config.json`` with a checkpoint or only a run's files), ``"foreign"`` (anything else that is not empty) or
+    ``"file"`` (not a folder)."""
     folder = Path(folder)
     if not folder.exists():
         return "new"

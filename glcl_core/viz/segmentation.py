@@ -173,7 +173,8 @@ def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", le
         shift = shifts[strategy]
         finite = rows["ci_low"].notna()
         right.errorbar(x[finite] * shift, rows["mean_diff"][finite],
-                       yerr=[(rows["mean_diff"] - rows["ci_low"])[finite], (rows["ci_high"] - rows["mean_diff"])[finite]],
+                       yerr=[(rows["mean_diff"] - rows["ci_low"])[finite],
+                             (rows["ci_high"] - rows["mean_diff"])[finite]],
                        fmt="o", ms=5, capsize=3, color=colour, label=strategy)
         right.plot(x[~finite] * shift, rows["mean_diff"][~finite], "o", ms=5, mfc="none", color=colour)
     right.axhline(0.0, color="black", lw=1)

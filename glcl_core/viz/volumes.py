@@ -335,7 +335,8 @@ def plot_subject_gallery(rows: dict[str, list[Volume]], n_subjects: int = 6, fig
             image_ax.set_title(volume.name, fontsize=8)
             if c == 0:
                 image_ax.set_ylabel(title, fontsize=9)
-    n_classes = max(int(v.label.max()) + 1 for volumes in rows.values() for v in volumes[:n_cols] if v.label is not None)
+    n_classes = max(int(v.label.max()) + 1
+                    for volumes in rows.values() for v in volumes[:n_cols] if v.label is not None)
     if class_names is None:
         from glcl_core.data.embedded import LABEL_NAMES
 
