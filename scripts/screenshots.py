@@ -26,6 +26,7 @@ SHOTS = {
     "ch2_umap": ("book/02_global_strategies.html", "viz.plot_umap(", 1300),
     "ch2_similarity": ("book/02_global_strategies.html", "viz.plot_position_similarity(", 900),
     "ch4_ablation": ("book/04_local_loss.html", "viz.plot_ablation(", 1300),
+    "ch6_study": ("book/06_results.html", "plot_study(study_tables", 1300),
     "ch6_headline": ("book/06_results.html", "seg.plot_label_efficiency(efficiency", 900),
 }
 
