@@ -11,8 +11,9 @@ Two figures per stage, for 1 process and for 2 processes under gloo on the loopb
   gradient). Best of ``--repeats`` calls, every call between barriers. The difference is the overhead of making
   the loss "see the negatives of every rank".
 * *Step*: the real stage function (``pretrain_global``, ``pretrain_local``, ``finetune``) with a log row per step;
-  the best step time after the warm-up; the single process uses all cores (torch's default thread count). The 2-process step adds DDP's gradient all-reduce and batch norm over the
-  global batch, and runs the network on half the batch per process.
+  the best step time after the warm-up; the single process uses all cores (torch's default thread count). The
+  2-process step adds DDP's gradient all-reduce and batch norm over the global batch, and runs the network on half
+  the batch per process.
 
 Best-of (minimum) times, as benchmarks/common.py, are the figures least disturbed by other processes on a shared
 machine; run it on an otherwise idle machine all the same.

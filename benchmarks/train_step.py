@@ -1,7 +1,7 @@
 """Training-step throughput: images/s and peak memory for each stage and profile, and the share of a step spent
 outside the network's forward/backward (sampling, augmentation, loss, optimiser).
 
-    .venv/bin/python benchmarks/train_step.py                    # this machine's device: gpu profile on CUDA, else ci, cpu
+    .venv/bin/python benchmarks/train_step.py                 # this machine's device: gpu profile on CUDA, else ci, cpu
     .venv/bin/python benchmarks/train_step.py --profiles cpu gpu --steps 10
     .venv/bin/python benchmarks/train_step.py --profiles gpu --channels-last --compile   # GPU speed options
 

@@ -37,15 +37,18 @@ sys.path.insert(0, str(ROOT))
 from glcl_core import REPOSITORY  # noqa: E402
 
 OPENING = "opening"
-INSTALL_SOURCE = f'''# On Colab: install glcl_core from the repository (Colab's own CUDA torch is kept). Elsewhere: nothing to do.
+INSTALL_SOURCE = ("# On Colab: install glcl_core from the repository (Colab's own CUDA torch is kept). "
+                  f'''Elsewhere: nothing to do.
 import sys
 if "google.colab" in sys.modules:
     import subprocess
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "glcl-core[book] @ git+https://github.com/{REPOSITORY}"], check=True)'''
-PARAMETERS_SOURCE = '''profile = None  # "ci" (seconds), "cpu" (minutes), "gpu" (paper scale); None: $GLCL_PROFILE, else cpu (also on a GPU)
+                    "glcl-core[book] @ git+https://github.com/{REPOSITORY}"], check=True)''')
+PARAMETERS_SOURCE = ('''profile = None  # "ci" (seconds), "cpu" (minutes), "gpu" (paper scale); None: $GLCL_PROFILE, '''
+                     '''else cpu (also on a GPU)
 seed = 0
-data = None  # None: the chapter's embedded data; "standard", "varied", "multicontrast"; "Task05_Prostate" (fetched); a folder'''
+data = None  # None: the chapter's embedded data; "standard", "varied", "multicontrast"; "Task05_Prostate" '''
+                     '''(fetched); a folder''')
 SETUP_SOURCE = '''from glcl_core.book import chapter_setup
 
 run = chapter_setup(profile, seed, data)'''
@@ -207,7 +210,8 @@ def check(path: Path) -> list[str]:
     if src[4] != SETUP_SOURCE:
         problems.append(f"{path.name}: cell 4 is not the standard set-up cell")
     for i, s in enumerate(src):
-        if cells[i]["cell_type"] == "code" and ("def " in s or "class " in s) and not re.search(r"^# (solution|exercise)", s.lower(), re.M):
+        if (cells[i]["cell_type"] == "code" and ("def " in s or "class " in s)
+                and not re.search(r"^# (solution|exercise)", s.lower(), re.M)):
             problems.append(f"{path.name}: cell {i} defines a function or class; library code belongs in glcl_core")
     if not any("exercise" in s.lower() for s in src):
         problems.append(f"{path.name}: no exercise")

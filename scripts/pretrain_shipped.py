@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
     p.add_argument("--folder", type=Path, default=None,
                    help="checkpoint folder (default: glcl_core/pretrained for the shipped preset, else "
-                        "results/pretrained/EMBEDDED for another cpu preset, runs/shipped-PROFILE/EMBEDDED/export otherwise)")
+                        "results/pretrained/EMBEDDED for another cpu preset, "
+                        "runs/shipped-PROFILE/EMBEDDED/export otherwise)")
     args = p.parse_args(argv)
     cfg = shipped_config(args.profile, args.embedded)
     runs = args.runs or Path("runs") / f"shipped-{args.profile}" / args.embedded

@@ -14,9 +14,9 @@ For each initialisation (G^R, G^D, PCL, G^D + L^R; random init as the reference)
   - ``finetune``: the usual fine-tuning, Dice at every evaluation (every 50 steps in the cpu profile).
 
 Wall times are per stage; a stage interrupted and resumed is timed over its last session and scaled to all its
-steps (an estimate). One row per (initialisation, budget, measure, seed, evaluated step) is appended to the CSV; finished
-(initialisation, budget, measure, seed) cells are skipped when the command runs again, and unfinished runs resume
-from their checkpoints, so an interrupted sweep continues where it stopped:
+steps (an estimate). One row per (initialisation, budget, measure, seed, evaluated step) is appended to the CSV;
+finished (initialisation, budget, measure, seed) cells are skipped when the command runs again, and unfinished runs
+resume from their checkpoints, so an interrupted sweep continues where it stopped:
 
     python scripts/pretraining_budget.py --profile cpu --inits random GR GD PCL GD+LR --budgets 300 1000 3000 \
         --out results/pretraining_budget_cpu.csv --runs runs/budget-cpu
@@ -75,7 +75,8 @@ def scaled_seconds(seconds: float, steps: int, steps_timed: int) -> float:
     return seconds * steps / max(1, steps_timed)
 
 
-def global_snapshots(cfg: RunConfig, strategy: str, budgets: list[int], split, runs: Path) -> dict[int, tuple[Path, float]]:
+def global_snapshots(cfg: RunConfig, strategy: str, budgets: list[int], split,
+                     runs: Path) -> dict[int, tuple[Path, float]]:
     """{budget: (checkpoint, cumulative seconds)} of one global stage continued from budget to budget."""
     if cfg.global_.schedule != "constant":
         raise SystemExit("snapshots stand for shorter runs only under a constant learning rate; "
@@ -105,7 +106,8 @@ def global_snapshots(cfg: RunConfig, strategy: str, budgets: list[int], split, r
     return out
 
 
-def local_snapshot(cfg: RunConfig, init: str, budget: int, global_ckpt: Path, split, runs: Path) -> tuple[Path, int, float]:
+def local_snapshot(cfg: RunConfig, init: str, budget: int, global_ckpt: Path, split,
+                   runs: Path) -> tuple[Path, int, float]:
     global_strategy, local_strategy = INITIALISATIONS[init]
     ratio = make_config(cfg.profile).local.iterations / make_config(cfg.profile).global_.iterations
     steps = max(1, round(budget * ratio))
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shipped", action="store_true",
                    help="take the long budget's weights from the shipped checkpoints where they match")
     p.add_argument("--folder", type=Path, default=None,
-                   help="checkpoint folder for --shipped (default: the preset's, as scripts/pretrain_shipped.py exports)")
+                   help="checkpoint folder for --shipped (default: the preset's, as "
+                        "scripts/pretrain_shipped.py exports)")
     args = p.parse_args(argv)
 
     cfg = make_config(args.profile, data={"embedded": args.embedded})

@@ -3,9 +3,10 @@
     python scripts/screenshots.py                      # build the book (no execution) and shoot every figure
     python scripts/screenshots.py --html _build/html   # use an existing build
 
-Each shot opens a copy of the chapter's page in headless Chromium at ``--width`` pixels, with everything in the article before
-the code cell holding ``marker`` hidden (so that cell and its figure are at the top), and saves ``results/screenshots/<name>.png``. The copy lives next to the page
-(so the book's CSS and images load) and is removed afterwards.
+Each shot opens a copy of the chapter's page in headless Chromium at ``--width`` pixels, with everything in the
+article before the code cell holding ``marker`` hidden (so that cell and its figure are at the top), and saves
+``results/screenshots/<name>.png``. The copy lives next to the page (so the book's CSS and images load) and is
+removed afterwards.
 """
 from __future__ import annotations
 

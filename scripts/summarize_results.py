@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="random", help="initialisation the others are compared with")
     parser.add_argument("--title", default=None, help="figure title (default: the CSV's path)")
     parser.add_argument("--grid", type=Path, default=None,
-                        help="the grid's run folder (e.g. runs/grid-cpu): also plot validation Dice per fine-tuning step")
+                        help="the grid's run folder (e.g. runs/grid-cpu): also plot validation Dice per "
+                             "fine-tuning step")
     args = parser.parse_args(argv)
 
     import matplotlib

@@ -165,6 +165,7 @@ def test_full_disk_prints_one_line_exits_1_and_leaves_nothing(tmp_path, monkeypa
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if not line.startswith("warning:")]
     assert code == 1 and len(errors) == 1, captured.err
-    assert errors[0].startswith(f"error: {out / '.glcl_run.json'}: ") and "no space left on device (ENOSPC)" in errors[0]
+    assert (errors[0].startswith(f"error: {out / '.glcl_run.json'}: ")
+            and "no space left on device (ENOSPC)" in errors[0])
     assert "Traceback" not in captured.err + captured.out
     assert not out.exists() and snapshot(root) == before

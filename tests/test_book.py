@@ -56,7 +56,8 @@ def test_chapter_parameters_may_add_lines_but_keep_the_shared_ones(tmp_path):
     assert any("cell 3 is not the standard parameters cell" in p for p in chapters.check(path))
     chapters.refresh_opening(path)  # writes the chapter's own line under the shared ones
     assert chapters.check(path) == []
-    assert "".join(json.loads(path.read_text())["cells"][3]["source"]).endswith("retrain = False  # True: pre-train here")
+    assert "".join(json.loads(path.read_text())["cells"][3]["source"]).endswith(
+        "retrain = False  # True: pre-train here")
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
@@ -175,7 +176,8 @@ def test_no_chapter_speaks_of_its_own_development():
 
 
 def test_chapters_run_several_at_a_time(tmp_path):
-    """``chapters.py run --jobs 2`` (scripts/main.sh): every chapter executed, each kernel with cores // jobs threads."""
+    """``chapters.py run --jobs 2`` (scripts/main.sh): every chapter executed, each kernel with cores // jobs
+    threads."""
     def notebook(value):
         code = lambda source, tags: {"cell_type": "code", "metadata": {"tags": tags}, "source": source,
                                      "outputs": [], "execution_count": None}

@@ -65,7 +65,8 @@ def test_every_shipped_checkpoint_matches_its_manifest():
 
 
 def test_every_committed_checkpoint_of_another_preset_matches_its_manifest():
-    """results/pretrained/PRESET: the long-budget checkpoints the other presets' grids load (committed, not installed)."""
+    """results/pretrained/PRESET: the long-budget checkpoints the other presets' grids load (committed, not
+    installed)."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "results" / "pretrained"

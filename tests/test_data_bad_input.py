@@ -360,7 +360,8 @@ def test_nnunet_v2_regions_and_class_names(tmp_path):
     from glcl_core.train.config import make_config
 
     root = make_nnunet_v2(tmp_path / "v2", channels=1, regions=True)
-    assert decathlon.label_names(json.loads((root / "dataset.json").read_text())) == {0: "background", 1: "whole", 2: "whole"}
+    assert decathlon.label_names(json.loads((root / "dataset.json").read_text())) == {
+        0: "background", 1: "whole", 2: "whole"}
     assert len(load_volumes(root, size=16)) == 3
     plain = make_nnunet_v2(tmp_path / "v2plain", channels=1)
     cfg = make_config("ci", data={"path": str(plain)}, model={"n_classes": 3})

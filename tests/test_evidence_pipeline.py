@@ -173,7 +173,8 @@ def test_local_stage_starts_from_the_shipped_global_stage(exported, tmp_path, ca
     shutil.copytree(folder, damaged)
     path = damaged / checkpoints.read_manifest(damaged)["GD"]["file"]
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
-    assert not pretrain_shipped.seed_from_shipped(pretrain_shipped.shipped_config("ci", "standard"), runs2, "GD", damaged)
+    assert not pretrain_shipped.seed_from_shipped(pretrain_shipped.shipped_config("ci", "standard"), runs2, "GD",
+                                                  damaged)
     assert "does not match the manifest" in capsys.readouterr().out and not (runs2 / "pretrain" / "GD").exists()
 
 

@@ -1,4 +1,5 @@
-"""The exercise checks: they pass on a correct plain-PyTorch answer and fail, naming the first mismatch, on a wrong one."""
+"""The exercise checks: they pass on a correct plain-PyTorch answer and fail, naming the first mismatch, on a wrong
+one."""
 from __future__ import annotations
 
 import torch

@@ -91,7 +91,8 @@ def _attribute(obj: object, attr: str) -> object:
 
 
 def _prose_references(text: str) -> list[tuple[str, str]]:
-    """Dotted names in inline code such as `glcl_core.contrastive.kernel.masked_info_nce` (a call's brackets dropped)."""
+    """Dotted names in inline code such as `glcl_core.contrastive.kernel.masked_info_nce` (a call's brackets
+    dropped)."""
     return [(name, name) for name in re.findall(r"`(glcl_core(?:\.\w+)+)(?:\([^`]*\))?`", text)]
 
 

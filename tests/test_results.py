@@ -192,7 +192,8 @@ def test_load_predictions_and_widgets(tmp_path, monkeypatch, ci_config, ci_split
 
     volumes = ci_split.test[:2]
     for init in ("random", "GD"):
-        save_checkpoint(tmp_path / "finetune" / init / "n1_s0" / "final.pt", {"model": build_model(ci_config).state_dict()})
+        save_checkpoint(tmp_path / "finetune" / init / "n1_s0" / "final.pt",
+                        {"model": build_model(ci_config).state_dict()})
     preds = seg.load_predictions(ci_config, tmp_path, volumes, ["random", "GD"], n_labelled=1, seed=0)
     assert set(preds) == {v.name for v in volumes}
     for v in volumes:

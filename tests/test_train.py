@@ -243,7 +243,8 @@ def test_pcl_preset_values_and_profiles():
     # the short-budget profiles change only the head and the intensity draws (BUDGET_GLOBAL_STAGE)
     for profile in ("ci", "cpu"):
         b = make_config(profile).global_
-        assert (b.head, b.augmentation, b.optimizer, b.lr, b.head_dim) == ("pooled", "glcl-per-image", "adam", 1e-3, 128)
+        assert (b.head, b.augmentation, b.optimizer, b.lr, b.head_dim) == (
+            "pooled", "glcl-per-image", "adam", 1e-3, 128)
     assert RunConfig.from_dict(cpu.to_dict()) == cpu
     assert set(PRESETS) == {"pcl"}
     with pytest.raises(ValueError, match="unknown preset"):

@@ -188,7 +188,8 @@ def plot_label_efficiency(efficiency: pd.DataFrame, baseline: str = "random", le
     left.set_ylabel("mean foreground Dice (test)")
     right.set_ylabel(f"difference to {baseline} (paired)")
     left.set_title("Dice; band = sd over seeds", fontsize=10)
-    right.set_title(f"paired difference; bars = {level:.0%} t-interval" + (" (▲▼: cut)" if cut else ""), fontsize=10)
+    right.set_title(f"paired difference; bars = {level:.0%} t-interval" + (" (▲▼: cut)" if cut else ""),
+                    fontsize=10)
     handles, labels = left.get_legend_handles_labels()  # every initialisation, the baseline included
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=10, frameon=False)
     lo, hi = int(efficiency["n_seeds"].min()), int(efficiency["n_seeds"].max())
