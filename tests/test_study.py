@@ -1,10 +1,12 @@
 """glcl_core.analysis.study: the study's summary tables read back and compared across presets."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from glcl_core.analysis import study
+from glcl_core.analysis import results, study
 
 
 def _efficiency(preset, rows):
@@ -86,3 +88,22 @@ def test_study_edge_cases_give_empty_cells_or_a_clear_error(written):
     assert [ax.get_title().split("\n")[0] for ax in fig.axes] == ["standard", "multicontrast"]
     with pytest.raises(ValueError, match="no label-efficiency table"):
         plot_study({**tables, "efficiency": tables["efficiency"].iloc[:0]})
+
+
+# ------------------------------------------------------------------------------ the committed results of the book
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+SHOWN = {table: sorted(pd.read_csv(RESULTS / table)["embedded"].unique())
+         for table in ("label_efficiency_cpu.csv", "frozen_probe_cpu.csv")}
+
+
+@pytest.mark.parametrize("table, preset", [(t, p) for t, presets in SHOWN.items() for p in presets])
+def test_committed_summaries_match_the_committed_grids(table, preset):
+    """Chapter 6 reads the summary tables; each preset's rows must be what ``evidence_grid.py --summary`` makes of
+    the grid folder committed beside them (a grid extended without summarising again fails here)."""
+    cells = RESULTS / "grids" / f"cpu-{preset}" / ("finetune" if table.startswith("label") else "probe") / "results.csv"
+    assert cells.is_file(), f"{table} shows {preset}, but its grid {cells} is not committed"
+    expected = results.label_efficiency(results.load_results(cells)).reset_index(drop=True)
+    committed = pd.read_csv(RESULTS / table)
+    committed = committed[committed["embedded"] == preset].drop(columns="embedded").reset_index(drop=True)
+    pd.testing.assert_frame_equal(committed[expected.columns], expected, check_dtype=False, rtol=1e-5,
+                                  obj=f"{table} ({preset}) against {cells}")
