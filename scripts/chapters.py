@@ -37,13 +37,18 @@ sys.path.insert(0, str(ROOT))
 from glcl_core import REPOSITORY  # noqa: E402
 
 OPENING = "opening"
-INSTALL_SOURCE = ("# On Colab: install glcl_core from the repository (Colab's own CUDA torch is kept). "
-                  f'''Elsewhere: nothing to do.
+INSTALL_SOURCE = ("# On Colab: a copy of the repository (the book's results and checkpoints), glcl_core installed "
+                  "from it\n# (Colab's own CUDA torch is kept), and the chapter's folder as the working directory, "
+                  f'''so that ../results\n# reads as in a clone. Elsewhere: nothing to do.
 import sys
 if "google.colab" in sys.modules:
+    import os
     import subprocess
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "glcl-core[book] @ git+https://github.com/{REPOSITORY}"], check=True)''')
+    if not os.path.isdir("/content/glcl-book"):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/{REPOSITORY}",
+                        "/content/glcl-book"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "/content/glcl-book[book]"], check=True)
+    os.chdir("/content/glcl-book/book")''')
 PARAMETERS_SOURCE = ('''profile = None  # "ci" (seconds), "cpu" (minutes), "gpu" (paper scale); None: $GLCL_PROFILE, '''
                      '''else cpu (also on a GPU)
 seed = 0
