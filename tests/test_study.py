@@ -107,3 +107,56 @@ def test_committed_summaries_match_the_committed_grids(table, preset):
     committed = committed[committed["embedded"] == preset].drop(columns="embedded").reset_index(drop=True)
     pd.testing.assert_frame_equal(committed[expected.columns], expected, check_dtype=False, rtol=1e-5,
                                   obj=f"{table} ({preset}) against {cells}")
+
+
+def _budget_rows():
+    rows = []
+    for init, steps, dice in [("random", 0, 0.5), ("GD", 300, 0.6), ("GD", 1000, 0.7), ("GR", 300, 0.55)]:
+        for seed, shift in [(0, 0.0), (1, 0.02)]:
+            for step in (50, 100, 150, 200):  # the probe's last evaluation is step 200
+                rows.append({"embedded": "standard", "init": init, "global_steps": steps, "local_steps": 0,
+                             "measure": "probe", "seed": seed, "step": step, "pretrain_seconds": 10.0 * steps,
+                             "val_dice": dice + shift if step == 200 else 0.0})
+            for step in (50, 100, 300):
+                rows.append({"embedded": "standard", "init": init, "global_steps": steps, "local_steps": 0,
+                             "measure": "finetune", "seed": seed, "step": step, "pretrain_seconds": 10.0 * steps,
+                             "val_dice": dice + step / 1000})
+    return pd.DataFrame(rows)
+
+
+def test_budget_table_takes_the_probes_last_step_and_the_chosen_fine_tuning_steps_in_book_order():
+    table = study.budget_table(_budget_rows(), "standard", finetune_steps=(50, 300, 400))
+    assert list(zip(table["init"], table["global_steps"])) == [("random", 0), ("GR", 300), ("GD", 300), ("GD", 1000)]
+    gd = table[(table["init"] == "GD") & (table["global_steps"] == 1000)].iloc[0]
+    assert gd["probe"] == pytest.approx(0.71)  # mean of 0.70 and 0.72 at step 200, not of all probe steps
+    assert gd["fine-tuned step 50"] == pytest.approx(0.75)
+    assert gd["fine-tuned step 300"] == pytest.approx(1.0)
+    assert table["fine-tuned step 400"].isna().all()  # never evaluated
+    assert gd["pretrain_seconds"] == 10000.0
+    with pytest.raises(ValueError, match="'varied'.*holds: standard"):
+        study.budget_table(_budget_rows(), "varied")
+
+
+def test_budget_figure_one_panel_per_measure_one_line_per_initialisation():
+    from glcl_core.viz.study import plot_budget
+
+    table = study.budget_table(_budget_rows(), "standard")
+    fig = plot_budget(table)
+    assert [ax.get_title() for ax in fig.axes] == ["frozen probe (last step)", "fine-tuned, step 50",
+                                                   "fine-tuned, step 100", "fine-tuned, step 300"]
+    probe = fig.axes[0]
+    lines = {line.get_label(): line for line in probe.get_lines()}
+    assert list(lines["GD"].get_xdata()) == [300, 1000] and list(lines["GD"].get_ydata()) == pytest.approx([0.61, 0.71])
+    assert list(lines["random"].get_ydata()) == pytest.approx([0.51, 0.51])  # the dashed reference
+    with pytest.raises(ValueError, match="no pre-trained row"):
+        plot_budget(table[table["init"] == "random"])
+
+
+def test_committed_budget_sweep_measures_every_budget_it_ran_with_both_measures():
+    budget = study.load_budget(RESULTS)
+    assert budget is not None, "results/pretraining_budget_cpu.csv is missing"
+    for embedded in budget["embedded"].unique():
+        table = study.budget_table(budget, embedded)
+        assert (table["global_steps"] == 0).sum() == 1, f"{embedded}: one random-init reference"
+        complete = table[["probe", "fine-tuned step 50", "fine-tuned step 100", "fine-tuned step 300"]].notna()
+        assert complete.all(axis=None), f"{embedded}: a budget without both measures:\n{table}"

@@ -8,6 +8,10 @@ block of rows per preset, column ``embedded``):
 * ``frozen_probe_{profile}.csv``: the same for the frozen-encoder probe;
 * ``head_start_{profile}.csv``: validation Dice against fine-tuning step, 1 labelled volume;
 * ``label_headroom_grid_{profile}.csv``: the room labels leave (random init, validation, 12 vs 1 labelled volumes).
+
+The pre-training budget sweep (``scripts/pretraining_budget.py``, ``pretraining_budget_{profile}.csv``) is read by
+:func:`load_budget` and condensed by :func:`budget_table`: validation Dice against the number of global
+pre-training steps.
 """
 from __future__ import annotations
 
@@ -93,3 +97,49 @@ def _head_start(head: pd.DataFrame | None, strategy: str, baseline: str, step: i
     if strategy not in at.index or baseline not in at.index:
         return ""
     return f"{at[strategy] - at[baseline]:+.{digits}f}"
+
+
+BUDGET_TABLE = "pretraining_budget_{profile}.csv"
+
+
+def load_budget(results_dir: str | Path, profile: str = "cpu") -> pd.DataFrame | None:
+    """The budget sweep's rows (one per initialisation, budget, measure, seed and evaluated step), or None if the
+    sweep has not been written in ``results_dir``."""
+    path = Path(results_dir) / BUDGET_TABLE.format(profile=profile)
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def budget_table(budget: pd.DataFrame, embedded: str, finetune_steps=(50, 100, 300)) -> pd.DataFrame:
+    """Validation Dice against the pre-training budget for one preset, one row per (initialisation, global steps).
+
+    Args:
+        budget: :func:`load_budget`'s rows (columns ``embedded, init, global_steps, local_steps, measure, seed,
+            step, val_dice, pretrain_seconds``).
+        embedded: the preset to show.
+        finetune_steps: the fine-tuning steps to report.
+    Returns:
+        Columns ``init, global_steps, local_steps, pretrain_seconds``, ``probe`` (the frozen-encoder probe's Dice at
+        its last evaluation) and ``fine-tuned step s`` for each ``s``; each value is the mean over the seeds
+        measured (the sweep uses one). Random initialisation is the row with 0 global steps; rows are in the book's
+        initialisation order, then by budget. A step a run never evaluated is NaN.
+
+    Raises:
+        ValueError: ``budget`` holds no row of ``embedded``.
+    """
+    rows = budget[budget["embedded"] == embedded]
+    if rows.empty:
+        known = ", ".join(sorted(budget["embedded"].unique())) or "none"
+        raise ValueError(f"the budget sweep holds no row of preset {embedded!r} (it holds: {known})")
+    keys = ["init", "global_steps", "local_steps"]
+    probe = rows[rows["measure"] == "probe"]
+    last = probe[probe["step"] == probe.groupby(keys + ["seed"])["step"].transform("max")]
+    table = last.groupby(keys)["val_dice"].mean().rename("probe").to_frame()
+    table = rows.groupby(keys)["pretrain_seconds"].max().to_frame().join(table)
+    tuned = rows[rows["measure"] == "finetune"]
+    for step in finetune_steps:
+        at = tuned[tuned["step"] == step].groupby(keys)["val_dice"].mean()
+        table[f"fine-tuned step {step}"] = at
+    table = table.reset_index()
+    order = {name: i for i, name in enumerate(strategy_order(table["init"]))}
+    return (table.sort_values(["init", "global_steps"], key=lambda c: c.map(order) if c.name == "init" else c)
+            .reset_index(drop=True))

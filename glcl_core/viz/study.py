@@ -81,3 +81,46 @@ def plot_study(study: dict[str, pd.DataFrame], strategies=None, baseline: str = 
     note = "bars: 95 % interval over seeds (paired); filled marker: the interval excludes 0"
     fig.suptitle(f"{title}\n{note}" if title else note, fontsize=10)
     return fig
+
+
+def plot_budget(table: pd.DataFrame, title: str | None = None, fig: Figure | None = None) -> Figure:
+    """Validation Dice against the pre-training budget: one panel per column of ``table`` that holds Dice (the
+    frozen probe, then fine-tuning at each reported step), one line per pre-trained initialisation over its global
+    steps (log axis), random initialisation as a dashed grey line.
+
+    Args:
+        table: :func:`glcl_core.analysis.study.budget_table` of one preset.
+    Raises:
+        ValueError: ``table`` holds no pre-trained row (nothing to draw against the budget).
+    """
+    columns = [c for c in table.columns if c == "probe" or c.startswith("fine-tuned step")]
+    trained = table[table["global_steps"] > 0]
+    if trained.empty:
+        raise ValueError("the budget table holds no pre-trained row (global_steps > 0): nothing to plot")
+    reference = table[table["global_steps"] == 0]
+    if fig is None:
+        fig = Figure(figsize=(3.1 * len(columns) + 0.6, 3.4), dpi=100, layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
+    budgets = sorted(trained["global_steps"].unique())
+    for ax, column in zip(axes, columns):
+        for init, rows in trained.groupby("init", sort=False):
+            rows = rows.dropna(subset=[column])
+            ax.plot(rows["global_steps"], rows[column], marker="o", color=strategy_colour(init), label=init)
+        if len(reference) and pd.notna(reference[column].iloc[0]):
+            ax.axhline(reference[column].iloc[0], color=strategy_colour("random"), ls="--", label="random")
+        ax.set_xscale("log")
+        ax.set_xticks(budgets)
+        ax.set_xticklabels([str(b) for b in budgets])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("global pre-training steps")
+        ax.set_title("frozen probe (last step)" if column == "probe" else column.replace("fine-tuned", "fine-tuned,"),
+                     fontsize=10)
+    axes[0].set_ylabel("validation Dice")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
