@@ -155,6 +155,31 @@ def measure(cfg: RunConfig, kind: str, init_ckpt: Path | None, labelled, split, 
     return evals, seconds
 
 
+def summarize(csv: Path, figures: Path, profile: str) -> list[Path]:
+    """Print the sweep's table per preset (validation Dice against the budget) and save its figure as
+    ``figures/pretraining_budget_{profile}_{preset}.png``; returns the figures written."""
+    import pandas as pd
+
+    from glcl_core.analysis.study import budget_table
+    from glcl_core.viz.study import plot_budget
+
+    if not csv.is_file():
+        raise SystemExit(f"{csv}: no budget sweep here to summarise (run the sweep first, without --summary)")
+    rows = pd.read_csv(csv)
+    figures.mkdir(parents=True, exist_ok=True)
+    written = []
+    for preset in rows["embedded"].unique():
+        table = budget_table(rows, preset)
+        print(f"\n{preset} (validation, one labelled volume, labelled draws "
+              f"{sorted(int(s) for s in rows.loc[rows['embedded'] == preset, 'seed'].unique())})")
+        print(table.round(3).to_string(index=False))
+        fig = plot_budget(table, title=f"{preset} preset: validation Dice against the pre-training budget "
+                                       f"(one labelled volume)")
+        written.append(figures / f"pretraining_budget_{profile}_{preset}.png")
+        fig.savefig(written[-1])
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="cpu")
@@ -170,7 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--folder", type=Path, default=None,
                    help="checkpoint folder for --shipped (default: the preset's, as "
                         "scripts/pretrain_shipped.py exports)")
+    p.add_argument("--summary", action="store_true",
+                   help="run nothing: print each preset's table of --out and save its figure under --figures")
+    p.add_argument("--figures", type=Path, default=Path("results/figures"))
     args = p.parse_args(argv)
+    if args.summary:
+        summarize(args.out, args.figures, args.profile)
+        return
 
     cfg = make_config(args.profile, data={"embedded": args.embedded})
     split = prepare_split(cfg)

@@ -217,3 +217,22 @@ def test_each_preset_has_its_checkpoint_folder_and_the_budget_sweep_reads_it(mon
         pretraining_budget.main(["--profile", "ci", "--embedded", "standard", "--inits", "GD", "--shipped",
                                  "--out", str(tmp_path / "b.csv"), "--runs", str(tmp_path / "runs")])
     assert seen == [Path("runs/shipped-ci/standard/export")]
+
+
+def test_budget_summary_prints_each_presets_table_and_saves_its_figure(tmp_path, capsys):
+    import pretraining_budget
+
+    rows = [{"embedded": preset, "init": init, "global_steps": steps, "local_steps": 0, "measure": measure,
+             "n_labelled": 1, "seed": 0, "step": step, "val_dice": 0.5 + steps / 10000, "pretrain_seconds": steps,
+             "measure_seconds": 1.0, "threads": 1, "machine": "x"}
+            for preset in ("standard", "varied") for init, steps in (("random", 0), ("GD", 300))
+            for measure, steps_run in (("probe", (50, 200)), ("finetune", (50, 100, 300))) for step in steps_run]
+    csv = tmp_path / "budget.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    pretraining_budget.main(["--summary", "--out", str(csv), "--figures", str(tmp_path / "figs")])
+    printed = capsys.readouterr().out
+    assert "varied (validation, one labelled volume, labelled draws [0])" in printed and "0.53" in printed
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["pretraining_budget_cpu_standard.png",
+                                                                     "pretraining_budget_cpu_varied.png"]
+    with pytest.raises(SystemExit, match="missing.csv: no budget sweep"):
+        pretraining_budget.main(["--summary", "--out", str(tmp_path / "missing.csv")])
