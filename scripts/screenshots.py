@@ -29,6 +29,7 @@ SHOTS = {
     "ch4_ablation": ("book/04_local_loss.html", "viz.plot_ablation(", 1300),
     "ch6_study": ("book/06_results.html", "plot_study(study_tables", 1300),
     "ch6_headline": ("book/06_results.html", "seg.plot_label_efficiency(efficiency", 900),
+    "ch6_budget": ("book/06_results.html", "budget = study.budget_table(", 1100),
 }
 
 SCROLL = """<script>

@@ -85,7 +85,7 @@ def plot_study(study: dict[str, pd.DataFrame], strategies=None, baseline: str = 
 
 def plot_budget(table: pd.DataFrame, title: str | None = None, fig: Figure | None = None) -> Figure:
     """Validation Dice against the pre-training budget: one panel per column of ``table`` that holds Dice (the
-    frozen probe, then fine-tuning at each reported step), one line per pre-trained initialisation over its global
+    frozen probe, then fine-tuning at each reported step; two panels a row), one line per pre-trained initialisation over its global
     steps (log axis), random initialisation as a dashed grey line.
 
     Args:
@@ -98,11 +98,16 @@ def plot_budget(table: pd.DataFrame, title: str | None = None, fig: Figure | Non
     if trained.empty:
         raise ValueError("the budget table holds no pre-trained row (global_steps > 0): nothing to plot")
     reference = table[table["global_steps"] == 0]
+    n_cols = min(2, len(columns))  # two panels a row: readable in a book's text column
+    n_rows = -(-len(columns) // n_cols)
     if fig is None:
-        fig = Figure(figsize=(3.1 * len(columns) + 0.6, 3.4), dpi=100, layout="constrained")
+        fig = Figure(figsize=(3.6 * n_cols + 1.2, 2.9 * n_rows + 0.4), dpi=100, layout="constrained")
     else:
         fig.clear()
-    axes = fig.subplots(1, len(columns), sharey=True, squeeze=False)[0]
+    grid = fig.subplots(n_rows, n_cols, sharey=True, squeeze=False)
+    for ax in grid.flat[len(columns):]:
+        ax.remove()
+    axes = grid.flat[:len(columns)]
     budgets = sorted(trained["global_steps"].unique())
     for ax, column in zip(axes, columns):
         for init, rows in trained.groupby("init", sort=False):
@@ -118,7 +123,8 @@ def plot_budget(table: pd.DataFrame, title: str | None = None, fig: Figure | Non
         ax.set_xlabel("global pre-training steps")
         ax.set_title("frozen probe (last step)" if column == "probe" else column.replace("fine-tuned", "fine-tuned,"),
                      fontsize=10)
-    axes[0].set_ylabel("validation Dice")
+    for ax in grid[:, 0]:
+        ax.set_ylabel("validation Dice")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=9, frameon=False)
     if title:
