@@ -85,8 +85,8 @@ def plot_study(study: dict[str, pd.DataFrame], strategies=None, baseline: str = 
 
 def plot_budget(table: pd.DataFrame, title: str | None = None, fig: Figure | None = None) -> Figure:
     """Validation Dice against the pre-training budget: one panel per column of ``table`` that holds Dice (the
-    frozen probe, then fine-tuning at each reported step; two panels a row), one line per pre-trained initialisation over its global
-    steps (log axis), random initialisation as a dashed grey line.
+    frozen probe, then fine-tuning at each reported step; two panels a row), one line per pre-trained
+    initialisation over its global steps (log axis), random initialisation as a dashed grey line.
 
     Args:
         table: :func:`glcl_core.analysis.study.budget_table` of one preset.
