@@ -5,6 +5,7 @@ by every fine-tuning cell. A re-run skips finished cells and resumes unfinished 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -168,6 +169,7 @@ def run_experiment(
     log=print,
     pretrained: Mapping[str, str | Path] | None = None,
     keep_weights: bool = True,
+    shared: bool = False,
 ):
     """Run the grid; returns the whole CSV as a table. Finished cells are skipped on a re-run.
 
@@ -180,12 +182,22 @@ def run_experiment(
 
     The grid folder is locked while the grid runs: a second run on the same folder is refused with
     :class:`~glcl_core.train.lock.RunLockedError` instead of recording cells twice.
+
+    ``shared=True`` lets several processes (one per core or per GPU) work through one grid together, each started
+    with the same call: the grid folder is locked only while a process records the grid or a finished cell, each
+    process skips the cells another one is running (their run folders are locked) or has recorded, and a cell is
+    recorded once. Every process on the folder must pass ``shared=True`` (a run without it holds the folder from
+    start to end). Not under torchrun. The table returned holds the cells recorded so far.
     """
     inits, n_labelled, seeds = list(inits), list(n_labelled), list(seeds)
     for init in inits:
         if init not in INITIALISATIONS:
             raise ValueError(f"unknown initialisation {init!r}; choose from {', '.join(INITIALISATIONS)}")
     out = Path(out)
+    if shared:
+        if distributed.world_size() > 1:
+            raise ValueError("shared=True runs one process per worker; it does not combine with torchrun")
+        return _run_grid(cfg, out, inits, n_labelled, seeds, progress, log, pretrained, keep_weights, shared=True)
     # one process per grid folder: rank 0 locks it for the whole grid (finished cells are read under the lock, so
     # two runs on one folder never record a cell twice: the second one is refused with RunLockedError)
     lock = distributed.run_on_main(lambda: open_grid_dir(out))
@@ -228,22 +240,54 @@ def open_grid_dir(out: Path):
     return lock
 
 
+GRID_WAIT_SECONDS = 120.0  # how long a shared worker waits for the grid folder's lock (held for seconds at a time)
+
+
+@contextlib.contextmanager
+def _grid_locked(out: Path, wait: float | None = None):
+    """Hold the grid folder's lock for a short while (a shared grid), waiting while another worker holds it."""
+    from glcl_core.train.lock import RunLockedError
+
+    deadline = time.monotonic() + (GRID_WAIT_SECONDS if wait is None else wait)
+    while True:
+        try:
+            lock = open_grid_dir(out)
+            break
+        except RunLockedError as err:
+            if time.monotonic() >= deadline:
+                raise RunLockedError(f"{out}: the grid folder stayed locked for {GRID_WAIT_SECONDS:.0f} s; a run "
+                                     f"without --shared holds it until it ends ({err})", err.path, err.pid,
+                                     err.host) from None
+            time.sleep(0.2)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _run_grid(cfg: RunConfig, out: Path, inits: list[str], n_labelled: list[int], seeds: list[int],
-              progress: bool | None, log, pretrained: Mapping[str, str | Path] | None, keep_weights: bool):
-    """The body of :func:`run_experiment`, with the grid folder locked."""
+              progress: bool | None, log, pretrained: Mapping[str, str | Path] | None, keep_weights: bool,
+              shared: bool = False):
+    """The body of :func:`run_experiment`: with the grid folder locked, or (``shared``) locking it only to record
+    the grid and each finished cell."""
     import pandas as pd
 
     from glcl_core.train.evaluation import evaluate
     from glcl_core.train.finetuning import finetune
+    from glcl_core.train.lock import RunLockedError
+
+    # shared: the folder's lock for each read-and-write of the grid's files; otherwise the caller holds it already
+    locked = (lambda: _grid_locked(out)) if shared else contextlib.nullcontext
 
     # under torchrun rank 0 owns the folder and the CSV; the other ranks train in lockstep and write nothing
     main = distributed.is_main()
     # the grid's Dice resolution (validation and test) is fixed when the grid is created: see _record_grid
     pretrained = {init: Path(path) for init, path in (pretrained or {}).items()}
-    resolution = distributed.broadcast_object(
-        distributed.run_on_main(lambda: _record_grid(out, cfg, inits, n_labelled, seeds, pretrained)))
     csv_path = out / "results.csv"
-    done = distributed.broadcast_object(finished_cells(csv_path) if main else None)
+    with locked():
+        resolution = distributed.broadcast_object(
+            distributed.run_on_main(lambda: _record_grid(out, cfg, inits, n_labelled, seeds, pretrained)))
+        done = distributed.broadcast_object(finished_cells(csv_path) if main else None)
     if main and done:  # each cell's folder records the code that made it
         warn_if_other_source(out, "its finished cells",
                              parts=[out / "finetune" / init / f"n{n}_s{seed}" for init, n, seed in sorted(done)])
@@ -261,24 +305,44 @@ def _run_grid(cfg: RunConfig, out: Path, inits: list[str], n_labelled: list[int]
         if init in pretrained:
             weights = Pretrained(init, pretrained[init])
         else:
-            weights = pretrain(init, cfg, split.pool, out, progress=progress, val=split.val)
+            try:
+                weights = pretrain(init, cfg, split.pool, out, progress=progress, val=split.val)
+            except RunLockedError:
+                if not shared:
+                    raise
+                log(f"  {init}: another worker is pre-training it; its cells are left to that worker")
+                continue
         log(f"  {init}: pre-training ready ({time.perf_counter() - t0:.1f} s)")
         for n, seed in todo:
             t0 = time.perf_counter()
+            if shared:
+                with locked():
+                    if (init, n, seed) in finished_cells(csv_path):
+                        continue  # recorded by another worker meanwhile
             fcfg = RunConfig.from_dict(cfg.to_dict())
             fcfg.seed = seed
             fcfg.finetune.n_labelled = n
             labelled = draw_labelled(split.pool, n, seed)
             run_dir = out / "finetune" / init / f"n{n}_s{seed}"
-            result = finetune(fcfg, labelled, split.val, init=weights.checkpoint, out=run_dir, resume=True,
-                              progress=progress, val_resolution=resolution)
+            try:
+                result = finetune(fcfg, labelled, split.val, init=weights.checkpoint, out=run_dir, resume=True,
+                                  progress=progress, val_resolution=resolution)
+            except RunLockedError:
+                if not shared:
+                    raise
+                log(f"  {init} n={n} seed={seed}: another worker is running it")
+                continue
             if not main:  # every rank holds the same weights: rank 0 tests and records
                 continue
             scores = evaluate(result.model, split.test, n_classes=cfg.model.n_classes, class_names=names,
                               resolution=resolution)
             rows = [{"method": method_of(init), "strategy": init, "n_labelled": n, "seed": seed,
                      "volume": r["volume"], "class": r["class"], "dice": r["dice"]} for r in scores.to_dict("records")]
-            append_rows(csv_path, rows)
+            with locked():
+                # a shared worker may have resumed the cell between its training and this record: record it once
+                if shared and (init, n, seed) in finished_cells(csv_path):
+                    continue
+                append_rows(csv_path, rows)
             (run_dir / "last.pt").unlink(missing_ok=True)  # the cell is recorded; keep only final.pt
             if not keep_weights:
                 (run_dir / "final.pt").unlink(missing_ok=True)
@@ -286,7 +350,8 @@ def _run_grid(cfg: RunConfig, out: Path, inits: list[str], n_labelled: list[int]
                 f"(val {result.extra['best_val_dice']:.3f} at step {result.extra['best_step']}, "
                 f"{time.perf_counter() - t0:.1f} s)")
     distributed.barrier()
-    return pd.read_csv(csv_path)
+    with locked():
+        return pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame(columns=CSV_COLUMNS)
 
 
 def _record_grid(out: Path, cfg: RunConfig, inits: list[str], n_labelled: list[int], seeds: list[int],

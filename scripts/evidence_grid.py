@@ -75,7 +75,7 @@ def available_weights(cfg: RunConfig, inits, folder: Path) -> tuple[dict[str, Pa
 
 
 def run_plan(profile: str, embedded: str, out: Path, folder: Path, steps: list[int] | None = None,
-             only: list[str] | None = None, seeds: list[int] = SEEDS) -> None:
+             only: list[str] | None = None, seeds: list[int] = SEEDS, shared: bool = False) -> None:
     for index, (grid, inits, n_labelled) in enumerate(PLAN):
         inits = [i for i in inits if only is None or i in only]
         if (steps and index not in steps) or not inits:
@@ -88,7 +88,7 @@ def run_plan(profile: str, embedded: str, out: Path, folder: Path, steps: list[i
         if ready:
             print(f"[{grid}] {ready} x n {n_labelled} x seeds {seeds}")
             run_experiment(cfg, out / grid, inits=ready, n_labelled=n_labelled, seeds=seeds, progress=False,
-                           pretrained=weights, keep_weights=False)
+                           pretrained=weights, keep_weights=False, shared=shared)
 
 
 def plan_status(profile: str, embedded: str, out: Path, folder: Path, only: list[str] | None = None,
@@ -206,10 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--folder", type=Path, default=None, help="checkpoint folder (default: see module docstring)")
     p.add_argument("--steps", nargs="+", type=int, default=None, help="only these entries of PLAN (0-based)")
     p.add_argument("--inits", nargs="+", default=None,
-                   help="only these initialisations (a grid folder takes one process at a time)")
+                   help="only these initialisations (a grid folder takes one process at a time, or --shared)")
     p.add_argument("--seeds", nargs="+", type=int, default=SEEDS, help="labelled draws (default 0 1 2)")
     p.add_argument("--summary", action="store_true", help="write the result tables and figures instead")
     p.add_argument("--status", action="store_true", help="print what is finished and what waits for weights")
+    p.add_argument("--shared", action="store_true",
+                   help="work through the grids together with other processes started with --shared (one per core "
+                        "or GPU): each takes the cells no other one is running")
     args = p.parse_args(argv)
     out = args.out or default_grid_folder(args.profile, args.embedded)
     if args.summary:
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{int(status['finished'].sum())} of {int(status['planned'].sum())} cells finished in {out}")
         return
     print(f"weights from {folder}")
-    run_plan(args.profile, args.embedded, out, folder, args.steps, args.inits, args.seeds)
+    run_plan(args.profile, args.embedded, out, folder, args.steps, args.inits, args.seeds, shared=args.shared)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@
 # results/pretrained/PRESET, with their manifest) and the grids' text files (results/grids/cpu-PRESET: results.csv
 # and each cell's history). Runs in progress under runs/ are lost with the checkout, so lane A pre-trains one
 # initialisation at a time (about 1.6 h of one core for 3000 global steps) and exports it as soon as it is
-# finished: commit the checkpoint folder and results/grids after each session. A grid folder takes one process at a
-# time (a second one is refused), so lane B runs the fine-tuning grid and lane A, once its pre-training is done,
-# the frozen-encoder probe.
+# finished: commit the checkpoint folder and results/grids after each session. Both lanes work through the grids
+# with --shared (each takes the cells the other one is not running): lane B starts with the fine-tuning grid, lane
+# A, once its pre-training is done, with the frozen-encoder probe, and each then helps with the other grid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MPLBACKEND=Agg GLCL_PROGRESS=0 PYTHONUNBUFFERED=1
@@ -24,6 +24,7 @@ PRESET="${PRESET:-multicontrast}"  # PRESET=standard bash scripts/evidence_queue
 budget() { "$PY" scripts/pretraining_budget.py --profile cpu "$@"; }
 shipped() { "$PY" scripts/pretrain_shipped.py --profile cpu --embedded "$PRESET" "$@"; }
 grid() { "$PY" scripts/evidence_grid.py --profile cpu --embedded "$PRESET" "$@"; }
+shared_grid() { grid --shared "$@"; }  # lanes A and B share the grid folders cell by cell
 
 # the claim's initialisations first; the full eight-initialisation grid is run on the shipped preset only, the
 # other presets get the three views (random, G^R, G^D, PCL, G^D + L^R). G^D comes before G^D + L^R so that its
@@ -43,7 +44,8 @@ A)
         shipped --inits "$init" --from-shipped
         shipped --export
     done
-    grid --steps $PROBE_STEPS --inits $GRID_INITS
+    shared_grid --steps $PROBE_STEPS --inits $GRID_INITS
+    shared_grid --steps $FINETUNE_STEPS --inits $GRID_INITS  # the fine-tuning cells lane B has not started
     # the validation measures of the long budget, from the exported weights (no pre-training)
     budget --embedded "$PRESET" --budgets 3000 --inits PCL GR GD GD+LR --shipped
     if [ "$PRESET" = standard ]; then
@@ -59,13 +61,14 @@ B)
     # the lane)
     pass_log="$(mktemp)"
     while true; do
-        if ! grid --steps $FINETUNE_STEPS --inits $GRID_INITS 2>&1 | tee "$pass_log"; then
+        if ! shared_grid --steps $FINETUNE_STEPS --inits $GRID_INITS 2>&1 | tee "$pass_log"; then
             exit 1
         fi
         grep -q "waiting for" "$pass_log" || break
         sleep 600
     done
     rm -f "$pass_log"
+    shared_grid --steps $PROBE_STEPS --inits $GRID_INITS  # the probe cells lane A has not started
     ;;
 status)
     # what is exported and which grid cells are finished (reads files only)

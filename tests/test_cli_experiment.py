@@ -153,6 +153,22 @@ def test_experiment_grid_resumes_without_recomputing(tmp_path, monkeypatch):
                                   n_labelled=[1], seeds=[0], progress=False, log=lambda *_: None)
 
 
+def test_two_shared_workers_finish_one_grid_together(tmp_path):
+    """Two processes started with the same command and --shared: every cell recorded exactly once."""
+    out = tmp_path / "grid"
+    command = [sys.executable, "-m", "glcl_core", "experiment", "--profile", "ci", "--inits", "random", "GD",
+               "--n-labelled", "1", "2", "--seeds", "0", "1", "--out", str(out), "--shared"]
+    env = dict(os.environ, GLCL_PROFILE="ci", OMP_NUM_THREADS="1")
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+               for _ in range(2)]
+    logs = [w.communicate(timeout=900)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    table = pd.read_csv(out / "results.csv")
+    per_cell = table.groupby(["strategy", "n_labelled", "seed"]).size()
+    assert len(per_cell) == 8 and per_cell.nunique() == 1  # all 2 x 2 x 2 cells, none recorded twice
+    assert per_cell.iloc[0] == table[["volume", "class"]].drop_duplicates().shape[0]
+
+
 def test_grid_dice_resolution_is_fixed_per_folder(tmp_path):
     """A new grid scores at native resolution; a grid folder from before the entry keeps the preprocessed grid
     (its CSV must not mix the two)."""

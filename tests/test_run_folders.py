@@ -15,7 +15,7 @@ import pytest
 from glcl_core import experiment
 from glcl_core.cli import main
 from glcl_core.train import checkpoint as ckpt_mod
-from glcl_core.train import pretrain, run_folder
+from glcl_core.train import finetuning, pretrain, run_folder
 from glcl_core.train.config import make_config
 from glcl_core.train.lock import LOCK_NAME, FolderLock, RunLockedError
 
@@ -198,6 +198,55 @@ def test_stale_lock_is_taken_over_with_a_warning(tmp_path, capsys):
     (out / LOCK_NAME).write_text(json.dumps({"pid": dead, "host": "elsewhere", "token": "x"}))
     with pytest.raises(RunLockedError, match=rf"pid {dead} on elsewhere.*delete .*{LOCK_NAME}"):
         run_folder.prepare_run_dir(out, _cfg(), resume=True)
+
+
+def test_shared_grid_leaves_a_running_cell_to_its_worker_and_records_each_cell_once(tmp_path, monkeypatch):
+    cfg, out = make_config("ci"), tmp_path / "grid"
+    grid = {"inits": ["random"], "n_labelled": [1], "progress": False, "shared": True}
+    experiment.open_grid_dir(out).release()  # a new grid folder...
+    busy = out / "finetune" / "random" / "n1_s1"
+    busy.mkdir(parents=True)
+    holder = _hold_lock(busy)  # another worker runs seed 1
+    try:
+        logs = []
+        table = experiment.run_experiment(cfg, out, seeds=[0, 1], log=logs.append, **grid)
+        assert set(table["seed"]) == {0}
+        assert any("n=1 seed=1: another worker is running it" in line for line in logs)
+        assert not (out / LOCK_NAME).exists()  # the grid folder is locked only while a cell is recorded
+    finally:
+        holder.kill()
+        holder.wait()
+    table = experiment.run_experiment(cfg, out, seeds=[0, 1], log=lambda *_: None, **grid)  # the worker is gone
+    rows_per_cell = table.groupby("seed").size()
+    assert list(rows_per_cell.index) == [0, 1] and rows_per_cell.nunique() == 1
+
+    # another worker records seed 2 while this one finishes training it (it resumed the same run): recorded once
+    real = finetuning.finetune
+
+    def recorded_meanwhile(*args, **kwargs):
+        result = real(*args, **kwargs)
+        other = table[table["seed"] == 0].assign(seed=2)
+        experiment.append_rows(out / "results.csv", other.to_dict("records"))
+        return result
+
+    monkeypatch.setattr(finetuning, "finetune", recorded_meanwhile)
+    table = experiment.run_experiment(cfg, out, seeds=[0, 1, 2], log=lambda *_: None, **grid)
+    assert table.groupby("seed").size().to_dict() == {s: rows_per_cell.iloc[0] for s in (0, 1, 2)}
+
+
+def test_shared_worker_stops_when_a_grid_is_held_from_start_to_end(tmp_path, monkeypatch):
+    out = tmp_path / "grid"
+    experiment.open_grid_dir(out).release()  # an experiment folder...
+    holder = _hold_lock(out)  # ...that a run without shared=True holds
+    monkeypatch.setattr(experiment, "GRID_WAIT_SECONDS", 0.5)
+    try:
+        with pytest.raises(RunLockedError, match=r"stayed locked for 0 s; a run without --shared"):
+            experiment.run_experiment(make_config("ci"), out, inits=["random"], n_labelled=[1], seeds=[0],
+                                      progress=False, log=lambda *_: None, shared=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "results.csv").exists()
 
 
 def test_lock_is_released_on_exceptions(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from glcl_core.train import checkpoint as ckpt_mod
 from glcl_core.train import evaluation, finetuning, pretrain, pretrain_step, run_folder, stages
 from glcl_core.train.config import RunConfig, make_config
+from glcl_core.train.engine import run_loop
 
 
 def _same_weights(a: dict, b: dict) -> bool:
@@ -58,6 +60,19 @@ def test_pretrain_global_each_strategy(ci_config, ci_split, strategy, tmp_path):
     assert {"config.json", "history.csv", "last.pt", "final.pt"} <= {p.name for p in (tmp_path / "run").iterdir()}
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["global_"]["strategy"] == strategy
+    assert res.extra["seconds"] > 0 and res.extra["cpu_seconds"] > 0
+
+
+def test_loop_reports_cpu_time_apart_from_wall_time():
+    # a step that waits (as when other programs hold the cores) adds wall time but no CPU time; a step that computes
+    # adds both: the chapters print CPU time because their wall times depend on what else the machine runs
+    loop = {"stateful": {}, "out": None, "resume": False, "checkpoint_every": 100, "log_every": 1,
+            "images_per_step": 1, "desc": "test", "progress": False}
+    waiting = run_loop(lambda i: time.sleep(0.05) or {"loss": 1.0}, iterations=4, **loop)
+    assert waiting.seconds >= 0.2 and waiting.cpu_seconds < 0.5 * waiting.seconds
+    x = torch.randn(300, 300)
+    busy = run_loop(lambda i: {"loss": float((x @ x).sum())}, iterations=20, **loop)
+    assert busy.cpu_seconds > 0
 
 
 @pytest.mark.parametrize("strategy", ["LR", "LD"])

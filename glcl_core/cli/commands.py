@@ -176,7 +176,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         except CheckpointError as err:
             raise CLIError(str(err)) from err
     table = run_experiment(cfg, out, inits=args.inits, n_labelled=args.n_labelled, seeds=args.seeds,
-                           pretrained=pretrained)
+                           pretrained=pretrained, shared=args.shared)
     per_seed = table.groupby(["strategy", "n_labelled", "seed"])["dice"].mean()
     summary = per_seed.groupby(["strategy", "n_labelled"]).agg(["mean", "std", "count"]).round(3)
     print(summary.to_string())

@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shipped", action="store_true",
                    help="use the shipped pre-trained checkpoints (glcl_core/pretrained) instead of pre-training; "
                         "refused when their configuration differs from this run's")
+    p.add_argument("--shared", action="store_true",
+                   help="work through the grid together with other processes started with the same command and "
+                        "--shared (one per core or GPU): each takes the cells no other one is running")
     _preset_flag(p, "every initialisation's global stage (each keeps its own strategy)")
     _budget_flag(p)
     _speed_flags(p)

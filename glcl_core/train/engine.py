@@ -77,7 +77,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 class LoopResult:
     history: list[dict[str, Any]]
     steps_done: int
-    seconds: float
+    seconds: float  # wall time of the steps run in this call
+    cpu_seconds: float = 0.0  # CPU time of this process over the same steps (all its threads): unlike the wall
+    # time, it does not grow when other programs share the cores
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -144,7 +146,7 @@ def run_loop(
     lines = progress == "lines" and writer
     bar = _progress_bar(total=iterations, initial=start, desc=desc,
                         enabled=(progress if not lines else False) if writer else False)
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     try:
         _steps(step, range(start, iterations), iterations, history, save, bar, lines, desc, images_per_step,
                log_every, checkpoint_every, progress_state)
@@ -156,7 +158,8 @@ def run_loop(
         raise TrainingInterrupted(progress_state["done"], progress_state["saved"], out, desc) from err
     if bar is not None:
         bar.close()
-    return LoopResult(history=history, steps_done=iterations, seconds=time.perf_counter() - t_start)
+    return LoopResult(history=history, steps_done=iterations, seconds=time.perf_counter() - t_start,
+                      cpu_seconds=time.process_time() - cpu_start)
 
 
 def _steps(step, indices, iterations, history, save, bar, lines, desc, images_per_step, log_every,

@@ -181,5 +181,6 @@ def _finetune(cfg: RunConfig, labelled: list[Volume], val: list[Volume],
                                     "best_step": best["step"], "best_val_dice": best["dice"]})
     history = _history_table(result.history)
     return StageResult(model, None, history, out_dir,
-                       {"seconds": result.seconds, "stage": "finetune", "best_step": best["step"],
-                        "best_val_dice": best["dice"], "loaded": loaded, "frozen": frozen_units})
+                       {"seconds": result.seconds, "cpu_seconds": result.cpu_seconds, "stage": "finetune",
+                        "best_step": best["step"], "best_val_dice": best["dice"], "loaded": loaded,
+                        "frozen": frozen_units})

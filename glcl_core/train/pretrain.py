@@ -103,7 +103,7 @@ def _run_contrastive_stage(stage: str, stage_cfg: "GlobalConfig | LocalConfig", 
     out_dir = _save_final(out_dir, {"model": model.state_dict(), "head": head.state_dict(),
                                     "stage": stage, "strategy": stage_cfg.strategy})
     return StageResult(model, head, _history_table(result.history), out_dir,
-                       {"seconds": result.seconds, "stage": stage})
+                       {"seconds": result.seconds, "cpu_seconds": result.cpu_seconds, "stage": stage})
 
 
 def pretrain_global(
