@@ -28,10 +28,10 @@ of a step stays on Colab's 2 vCPUs. Method:
    pessimistic). The network seconds become FLOPs / effective throughput, with a per-step floor for kernel launches
    and synchronisation: estimated T4 step = non-network CPU seconds + max(FLOPs / throughput, overhead).
    T4 peaks: 65 TFLOP/s fp16 on tensor cores, 8.1 TFLOP/s fp32. The 96-px U-Net's small convolutions reach a
-   fraction of a peak, and glcl_core's autocast picks bf16 wherever ``torch.cuda.is_bf16_supported()`` is true,
-   which it is on a T4 (sm_75) through software emulation, without tensor cores. Hence the range: pessimistic
-   1 TFLOP/s and 15 ms per step (emulated bf16, about an eighth of the fp32 peak, small kernels), optimistic
-   8 TFLOP/s and 5 ms per step (fp16 on tensor cores, which needs autocast to choose fp16 on a T4).
+   fraction of a peak; glcl_core's autocast runs fp16 on a T4 (``glcl_core.device.autocast_dtype``: bf16 only
+   from compute capability 8). Hence the range: pessimistic 1 TFLOP/s and 15 ms per step (small kernels that
+   reach about an eighth of the fp32 peak, as if the tensor cores were not used), optimistic 8 TFLOP/s and 5 ms
+   per step (fp16 on tensor cores).
 3. Per chapter: its CPU seconds in the ``cpu`` profile (results/chapter_times.csv: the latest row per chapter with
    profile ``cpu``, one thread) are assumed to be spent in training steps of the stages it runs (chapters 2 and 3:
    global stages; 4: local stage and fine-tuning; 5: fine-tuning); chapters 1, 6 and 7 are analysis only and get
@@ -484,10 +484,9 @@ step = non-network ms + max(GFLOP / throughput, per-step overhead).
    and optimiser would in fact move to the GPU, so this is pessimistic); network seconds = FLOPs / effective
    throughput, at least a per-step launch/synchronisation floor. T4 peaks are 65 TFLOP/s fp16 (tensor cores) and
    8.1 TFLOP/s fp32; small 96-px convolutions reach a fraction of that. Pessimistic {pess_thr / 1e12:g} TFLOP/s
-   and {pess_ovh * 1e3:.0f} ms: glcl_core's autocast (`glcl_core.device.autocast_dtype`) picks bf16 whenever
-   `torch.cuda.is_bf16_supported()` is true, and on a T4 (sm_75) it is, through software emulation without
-   tensor cores. Optimistic {opt_thr / 1e12:g} TFLOP/s and {opt_ovh * 1e3:.0f} ms: fp16 on tensor cores, which
-   needs autocast to choose fp16 on a T4 (e.g. `is_bf16_supported(including_emulation=False)`).
+   and {pess_ovh * 1e3:.0f} ms: small kernels that reach about an eighth of the fp32 peak, as if the tensor cores
+   were not used. Optimistic {opt_thr / 1e12:g} TFLOP/s and {opt_ovh * 1e3:.0f} ms: fp16 on tensor cores, which
+   glcl_core's autocast picks on a T4 (`glcl_core.device.autocast_dtype`: bf16 only from compute capability 8).
 3. Per chapter: the chapter's CPU seconds are taken as training steps of its stages (2: global G^D-shaped steps;
    3: global G^D-shaped and PCL steps; 4: local stage and fine-tuning; 5: fine-tuning), with the network share
    s and T4/CPU network ratio r averaged over those stages: T4 = cpu_s (1 - s) + cpu_s s r. Chapters 1, 6, 7 are
