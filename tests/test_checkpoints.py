@@ -128,6 +128,11 @@ def test_cli_experiment_probe_with_shipped_weights(shipped, tmp_path, monkeypatc
     assert not (tmp_path / "pretrain").exists()
     assert main(args + ["--inits", "GD+LR"]) == 2
     assert "no shipped checkpoint for 'GD+LR'" in capsys.readouterr().err
+    # other settings than the shipped file's: the error names the flags that ask for them
+    assert main(args + ["--inits", "GD", "--embedded", "varied"]) == 2
+    err = capsys.readouterr().err
+    assert "pre-trained with other settings" in err and err.rstrip().endswith("made with --profile ci --embedded standard")
+    assert err.count("\n") == 1
 
 
 def test_chapter_weights_use_shipped_ones_or_pretrain(shipped, tmp_path):

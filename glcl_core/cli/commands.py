@@ -156,6 +156,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     _print_scores(scores, len(split.test))
 
 
+def _shipped_settings_hint(inits) -> str:
+    """The flags that ask for the settings the shipped checkpoints of ``inits`` were made with, as a hint for an
+    error message (empty when none of them is shipped)."""
+    from glcl_core.checkpoints import init_of, read_manifest
+    from glcl_core.train.config import make_config
+
+    for entry in read_manifest().values():
+        if init_of(entry) not in inits:
+            continue
+        config = entry["config"]
+        profile, embedded = config["profile"], config["data"].get("embedded")
+        long_iterations = make_config(profile, budget="long").global_.iterations
+        long = config["global_"]["iterations"] == long_iterations != make_config(profile).global_.iterations
+        flags = f"--profile {profile}" + (" --budget long" if long else "") + (f" --embedded {embedded}" if embedded
+                                                                            else "")
+        return f"; the shipped checkpoints were made with {flags}"
+    return ""
+
+
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from glcl_core.experiment import run_experiment
 
@@ -174,7 +193,7 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
         try:
             pretrained = shipped_weights(cfg, args.inits)
         except CheckpointError as err:
-            raise CLIError(str(err)) from err
+            raise CLIError(f"{err}{_shipped_settings_hint(args.inits)}") from err
     table = run_experiment(cfg, out, inits=args.inits, n_labelled=args.n_labelled, seeds=args.seeds,
                            pretrained=pretrained, shared=args.shared)
     per_seed = table.groupby(["strategy", "n_labelled", "seed"])["dice"].mean()
