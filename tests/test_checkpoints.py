@@ -131,7 +131,8 @@ def test_cli_experiment_probe_with_shipped_weights(shipped, tmp_path, monkeypatc
     # other settings than the shipped file's: the error names the flags that ask for them
     assert main(args + ["--inits", "GD", "--embedded", "varied"]) == 2
     err = capsys.readouterr().err
-    assert "pre-trained with other settings" in err and err.rstrip().endswith("made with --profile ci --embedded standard")
+    assert "pre-trained with other settings" in err
+    assert err.rstrip().endswith("made with --profile ci --embedded standard")
     assert err.count("\n") == 1
 
 
