@@ -185,8 +185,8 @@ def run_experiment(
 
     ``shared=True`` lets several processes (one per core or per GPU) work through one grid together, each started
     with the same call: the grid folder is locked only while a process records the grid or a finished cell, each
-    process skips the cells another one is running (their run folders are locked) or has recorded, and a cell is
-    recorded once. Every process on the folder must pass ``shared=True`` (a run without it holds the folder from
+    process claims a cell (``out/.claims``) from before it starts until it is recorded and skips the cells another
+    one has claimed or recorded, so a cell runs and is recorded once. Every process on the folder must pass ``shared=True`` (a run without it holds the folder from
     start to end). Not under torchrun. The table returned holds the cells recorded so far.
     """
     inits, n_labelled, seeds = list(inits), list(n_labelled), list(seeds)
@@ -238,6 +238,18 @@ def open_grid_dir(out: Path):
         lock.release()
         raise
     return lock
+
+
+def _claim_cell(out: Path, init: str, n: int, seed: int):
+    """The lock of one cell of a shared grid (held), or None when another worker holds it."""
+    from glcl_core.train.lock import FolderLock, RunLockedError
+
+    folder = out / ".claims" / f"{init}_n{n}_s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return FolderLock(folder, what="grid cell").acquire()
+    except RunLockedError:
+        return None
 
 
 GRID_WAIT_SECONDS = 120.0  # how long a shared worker waits for the grid folder's lock (held for seconds at a time)
@@ -314,41 +326,50 @@ def _run_grid(cfg: RunConfig, out: Path, inits: list[str], n_labelled: list[int]
                 continue
         log(f"  {init}: pre-training ready ({time.perf_counter() - t0:.1f} s)")
         for n, seed in todo:
-            t0 = time.perf_counter()
-            if shared:
-                with locked():
-                    if (init, n, seed) in finished_cells(csv_path):
-                        continue  # recorded by another worker meanwhile
-            fcfg = RunConfig.from_dict(cfg.to_dict())
-            fcfg.seed = seed
-            fcfg.finetune.n_labelled = n
-            labelled = draw_labelled(split.pool, n, seed)
-            run_dir = out / "finetune" / init / f"n{n}_s{seed}"
-            try:
-                result = finetune(fcfg, labelled, split.val, init=weights.checkpoint, out=run_dir, resume=True,
-                                  progress=progress, val_resolution=resolution)
-            except RunLockedError:
-                if not shared:
-                    raise
-                log(f"  {init} n={n} seed={seed}: another worker is running it")
-                continue
-            if not main:  # every rank holds the same weights: rank 0 tests and records
-                continue
-            scores = evaluate(result.model, split.test, n_classes=cfg.model.n_classes, class_names=names,
-                              resolution=resolution)
-            rows = [{"method": method_of(init), "strategy": init, "n_labelled": n, "seed": seed,
-                     "volume": r["volume"], "class": r["class"], "dice": r["dice"]} for r in scores.to_dict("records")]
-            with locked():
-                # a shared worker may have resumed the cell between its training and this record: record it once
-                if shared and (init, n, seed) in finished_cells(csv_path):
+            with contextlib.ExitStack() as cell:
+                t0 = time.perf_counter()
+                if shared:
+                    # the cell's claim, held from the check below to its record: no other worker starts the cell
+                    # until it is recorded (or this worker stops: a claim of a process that no longer runs is stale)
+                    claim = _claim_cell(out, init, n, seed)
+                    if claim is None:
+                        log(f"  {init} n={n} seed={seed}: another worker is running it")
+                        continue
+                    cell.callback(claim.release)
+                    with locked():
+                        if (init, n, seed) in finished_cells(csv_path):
+                            continue  # recorded by another worker meanwhile
+                fcfg = RunConfig.from_dict(cfg.to_dict())
+                fcfg.seed = seed
+                fcfg.finetune.n_labelled = n
+                labelled = draw_labelled(split.pool, n, seed)
+                run_dir = out / "finetune" / init / f"n{n}_s{seed}"
+                try:
+                    result = finetune(fcfg, labelled, split.val, init=weights.checkpoint, out=run_dir, resume=True,
+                                      progress=progress, val_resolution=resolution)
+                except RunLockedError:
+                    if not shared:
+                        raise
+                    log(f"  {init} n={n} seed={seed}: another worker is running it")
                     continue
-                append_rows(csv_path, rows)
-            (run_dir / "last.pt").unlink(missing_ok=True)  # the cell is recorded; keep only final.pt
-            if not keep_weights:
-                (run_dir / "final.pt").unlink(missing_ok=True)
-            log(f"  {init} n={n} seed={seed}: mean test Dice {scores['dice'].mean():.3f} "
-                f"(val {result.extra['best_val_dice']:.3f} at step {result.extra['best_step']}, "
-                f"{time.perf_counter() - t0:.1f} s)")
+                if not main:  # every rank holds the same weights: rank 0 tests and records
+                    continue
+                scores = evaluate(result.model, split.test, n_classes=cfg.model.n_classes, class_names=names,
+                                  resolution=resolution)
+                rows = [{"method": method_of(init), "strategy": init, "n_labelled": n, "seed": seed,
+                         "volume": r["volume"], "class": r["class"], "dice": r["dice"]}
+                        for r in scores.to_dict("records")]
+                with locked():
+                    # a worker of an older glcl_core (no claims) may have run the cell too: record it once
+                    if shared and (init, n, seed) in finished_cells(csv_path):
+                        continue
+                    append_rows(csv_path, rows)
+                (run_dir / "last.pt").unlink(missing_ok=True)  # the cell is recorded; keep only final.pt
+                if not keep_weights:
+                    (run_dir / "final.pt").unlink(missing_ok=True)
+                log(f"  {init} n={n} seed={seed}: mean test Dice {scores['dice'].mean():.3f} "
+                    f"(val {result.extra['best_val_dice']:.3f} at step {result.extra['best_step']}, "
+                    f"{time.perf_counter() - t0:.1f} s)")
     distributed.barrier()
     with locked():
         return pd.read_csv(csv_path) if csv_path.exists() else pd.DataFrame(columns=CSV_COLUMNS)

@@ -204,34 +204,39 @@ def test_shared_grid_leaves_a_running_cell_to_its_worker_and_records_each_cell_o
     cfg, out = make_config("ci"), tmp_path / "grid"
     grid = {"inits": ["random"], "n_labelled": [1], "progress": False, "shared": True}
     experiment.open_grid_dir(out).release()  # a new grid folder...
-    busy = out / "finetune" / "random" / "n1_s1"
+    claimed, busy = out / ".claims" / "random_n1_s1", out / "finetune" / "random" / "n1_s2"
+    claimed.mkdir(parents=True)
     busy.mkdir(parents=True)
-    holder = _hold_lock(busy)  # another worker runs seed 1
+    # another worker holds seed 1's claim; another process holds seed 2's run folder
+    holders = [_hold_lock(claimed), _hold_lock(busy)]
     try:
         logs = []
-        table = experiment.run_experiment(cfg, out, seeds=[0, 1], log=logs.append, **grid)
+        table = experiment.run_experiment(cfg, out, seeds=[0, 1, 2], log=logs.append, **grid)
         assert set(table["seed"]) == {0}
-        assert any("n=1 seed=1: another worker is running it" in line for line in logs)
+        assert [line.strip() for line in logs if "another worker" in line] == [
+            "random n=1 seed=1: another worker is running it", "random n=1 seed=2: another worker is running it"]
         assert not (out / LOCK_NAME).exists()  # the grid folder is locked only while a cell is recorded
+        assert not (out / ".claims" / "random_n1_s0" / LOCK_NAME).exists()  # a claim ends with its record
     finally:
-        holder.kill()
-        holder.wait()
-    table = experiment.run_experiment(cfg, out, seeds=[0, 1], log=lambda *_: None, **grid)  # the worker is gone
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    table = experiment.run_experiment(cfg, out, seeds=[0, 1, 2], log=lambda *_: None, **grid)  # both are gone
     rows_per_cell = table.groupby("seed").size()
-    assert list(rows_per_cell.index) == [0, 1] and rows_per_cell.nunique() == 1
+    assert list(rows_per_cell.index) == [0, 1, 2] and rows_per_cell.nunique() == 1
 
-    # another worker records seed 2 while this one finishes training it (it resumed the same run): recorded once
+    # a worker without claims (an older glcl_core) records seed 3 while this one trains it: recorded once
     real = finetuning.finetune
 
     def recorded_meanwhile(*args, **kwargs):
         result = real(*args, **kwargs)
-        other = table[table["seed"] == 0].assign(seed=2)
+        other = table[table["seed"] == 0].assign(seed=3)
         experiment.append_rows(out / "results.csv", other.to_dict("records"))
         return result
 
     monkeypatch.setattr(finetuning, "finetune", recorded_meanwhile)
-    table = experiment.run_experiment(cfg, out, seeds=[0, 1, 2], log=lambda *_: None, **grid)
-    assert table.groupby("seed").size().to_dict() == {s: rows_per_cell.iloc[0] for s in (0, 1, 2)}
+    table = experiment.run_experiment(cfg, out, seeds=[0, 1, 2, 3], log=lambda *_: None, **grid)
+    assert table.groupby("seed").size().to_dict() == {s: rows_per_cell.iloc[0] for s in (0, 1, 2, 3)}
 
 
 def test_shared_worker_stops_when_a_grid_is_held_from_start_to_end(tmp_path, monkeypatch):
