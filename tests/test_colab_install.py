@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import types
 from pathlib import Path
 
@@ -64,6 +63,7 @@ def test_install_cell_on_colab_clones_installs_the_book_extra_and_moves_to_the_b
 
 
 def test_pyproject_keeps_colab_torch_and_names_the_book_extra():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     torch_req = [d for d in project["dependencies"] if re.match(r"torch\b", d)]
     # a range, never a pin: pip then keeps the CUDA torch Colab has installed
