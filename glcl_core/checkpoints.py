@@ -90,10 +90,12 @@ def available(folder: str | Path | None = None) -> list[str]:
 
 
 def export(run_checkpoint: str | Path, name: str, command: str, wall_seconds: float,
-           folder: str | Path | None = None, dtype: str = "float32") -> dict[str, Any]:
+           folder: str | Path | None = None, dtype: str = "float32",
+           wall_seconds_estimated: bool = False) -> dict[str, Any]:
     """Write the U-Net parts fine-tuning loads from a pre-training run's ``final.pt`` (its ``config.json`` beside
     it; see :func:`shipped_parts`) as ``name`` and record it in the manifest. ``dtype="float16"`` halves the file
-    (check that Dice is unchanged first)."""
+    (check that Dice is unchanged first). ``wall_seconds_estimated`` marks a wall time scaled up from part of the
+    run (a run interrupted and resumed); ``command`` stays a command that can be pasted."""
     run_checkpoint = Path(run_checkpoint)
     folder = Path(folder or DEFAULT_FOLDER)
     source = load_checkpoint(run_checkpoint)
@@ -108,6 +110,7 @@ def export(run_checkpoint: str | Path, name: str, command: str, wall_seconds: fl
     entry = {"file": file.name, "sha256": sha256_of(file), "bytes": file.stat().st_size, "dtype": dtype,
              "stage": source.get("stage", "model"), "strategy": source.get("strategy", ""),
              "config": config.to_dict(), "command": command, "wall_seconds": round(float(wall_seconds), 1),
+             "wall_seconds_estimated": bool(wall_seconds_estimated),
              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
     manifest = read_manifest(folder)
     manifest[name] = entry

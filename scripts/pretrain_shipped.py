@@ -12,7 +12,7 @@ embedded preset. Each run resumes from its last checkpoint, so the command can b
 scripts/pretraining_budget.py already ran to the same configuration instead of running them again (the
 configuration is checked). Wall times are per run; a run
 that was interrupted and resumed is timed over the steps of its last session and scaled to the whole run (marked
-"estimated" in the manifest's command note).
+``wall_seconds_estimated`` in the manifest).
 """
 from __future__ import annotations
 
@@ -160,8 +160,8 @@ def export_all(cfg: RunConfig, runs: Path, inits, dtype: str, folder: Path | Non
         seconds, estimated = wall_seconds(runs, init)
         command = (f"python scripts/pretrain_shipped.py --profile {cfg.profile} --embedded {cfg.data.embedded} "
                    f"--inits {init}")
-        entry = checkpoints.export(final, init, command=command + (" (wall time estimated)" if estimated else ""),
-                                   wall_seconds=seconds, folder=folder, dtype=dtype)
+        entry = checkpoints.export(final, init, command=command, wall_seconds=seconds, folder=folder, dtype=dtype,
+                                   wall_seconds_estimated=estimated)
         print(f"{init}: {entry['file']} {entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]}..., "
               f"{seconds:.0f} s")
         history = final.parent / "history.csv"

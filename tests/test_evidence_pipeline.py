@@ -35,7 +35,9 @@ def test_export_writes_finished_runs_only_and_once(exported, capsys):
     manifest = checkpoints.read_manifest(folder)
     assert list(manifest) == ["GD"]  # GD+LR was never pre-trained: named, not exported
     entry = manifest["GD"]
-    assert entry["config"]["global_"]["iterations"] == 4 and "pretrain_shipped.py" in entry["command"]
+    assert entry["config"]["global_"]["iterations"] == 4
+    assert entry["command"] == "python scripts/pretrain_shipped.py --profile ci --embedded standard --inits GD"
+    assert entry["wall_seconds_estimated"] is False
     health = pd.read_csv(folder / "GD_history.csv")  # the stage's health log travels with its weights
     assert int(health["step"].iloc[-1]) == 4 and "loss_over_chance" in health.columns
     before = (folder / "manifest.json").read_text()
@@ -236,3 +238,21 @@ def test_budget_summary_prints_each_presets_table_and_saves_its_figure(tmp_path,
                                                                      "pretraining_budget_cpu_varied.png"]
     with pytest.raises(SystemExit, match="missing.csv: no budget sweep"):
         pretraining_budget.main(["--summary", "--out", str(tmp_path / "missing.csv")])
+
+
+def test_a_resumed_runs_wall_time_is_flagged_as_estimated_and_the_command_stays_pasteable(exported, tmp_path):
+    """A run interrupted and resumed has its wall time scaled up from its last session: the manifest says so in its
+    own field, so the command can still be pasted as it is."""
+    import shutil
+
+    root, _ = exported
+    runs, folder = tmp_path / "runs", tmp_path / "export"
+    shutil.copytree(root / "runs", runs)
+    wall_file = runs / "pretrain" / "GD" / "wall.json"
+    wall = json.loads(wall_file.read_text())
+    wall_file.write_text(json.dumps({"seconds": wall["seconds"], "estimated": True}) + "\n")
+    pretrain_shipped.main(["--profile", "ci", "--embedded", "standard", "--runs", str(runs), "--inits", "GD",
+                           "--export", "--folder", str(folder)])
+    entry = checkpoints.read_manifest(folder)["GD"]
+    assert entry["wall_seconds_estimated"] is True and entry["wall_seconds"] == wall["seconds"]
+    assert entry["command"].endswith("--inits GD")

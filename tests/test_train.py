@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -63,16 +63,29 @@ def test_pretrain_global_each_strategy(ci_config, ci_split, strategy, tmp_path):
     assert res.extra["seconds"] > 0 and res.extra["cpu_seconds"] > 0
 
 
-def test_loop_reports_cpu_time_apart_from_wall_time():
+def test_loop_reports_cpu_time_apart_from_wall_time(monkeypatch):
     # a step that waits (as when other programs hold the cores) adds wall time but no CPU time; a step that computes
-    # adds both: the chapters print CPU time because their wall times depend on what else the machine runs
+    # adds both: the chapters print CPU time because their wall times depend on what else the machine runs.
+    # The loop's clocks are replaced by counters the steps advance, so nothing here depends on the machine's load.
+    from glcl_core.train import engine
+
+    clock = {"wall": 100.0, "cpu": 7.0}
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: clock["wall"],
+                                                        process_time=lambda: clock["cpu"]))
+
+    def step(wall: float, cpu: float):
+        def run(i):
+            clock["wall"] += wall
+            clock["cpu"] += cpu
+            return {"loss": 1.0}
+        return run
+
     loop = {"stateful": {}, "out": None, "resume": False, "checkpoint_every": 100, "log_every": 1,
             "images_per_step": 1, "desc": "test", "progress": False}
-    waiting = run_loop(lambda i: time.sleep(0.05) or {"loss": 1.0}, iterations=4, **loop)
-    assert waiting.seconds >= 0.2 and waiting.cpu_seconds < 0.5 * waiting.seconds
-    x = torch.randn(300, 300)
-    busy = run_loop(lambda i: {"loss": float((x @ x).sum())}, iterations=20, **loop)
-    assert busy.cpu_seconds > 0
+    waiting = run_loop(step(wall=0.5, cpu=0.0), iterations=4, **loop)
+    assert waiting.seconds == pytest.approx(2.0) and waiting.cpu_seconds == pytest.approx(0.0)
+    busy = run_loop(step(wall=0.5, cpu=0.5), iterations=4, **loop)
+    assert busy.seconds == pytest.approx(2.0) and busy.cpu_seconds == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize("strategy", ["LR", "LD"])
