@@ -3,9 +3,9 @@
 # the chapters), and build the HTML book.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$(date +%s)  # the whole command, set-up included
 bash scripts/setup.sh
 export NUMBA_CACHE_DIR="$PWD/.cache/numba" MPLBACKEND=Agg
-start=$(date +%s)
 .venv/bin/python -m glcl_core main
 .venv/bin/python scripts/chapters.py run --profile "${GLCL_PROFILE:-cpu}" --inplace --jobs "${GLCL_JOBS:-2}"
 bash scripts/vendor_js.sh
