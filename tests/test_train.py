@@ -105,6 +105,19 @@ def test_pretrain_local_freezes_encoder(ci_split, strategy):
     assert np.isfinite(loc.history["loss"]).all()
 
 
+def test_local_health_measures_change_nothing_in_training(ci_split):
+    # health=False (the local ablation's choice) skips the held-out measures; the run must be the same run: the
+    # monitor has its own sampler and generator and measures in eval mode, so weights and losses are identical
+    cfg = make_config("ci", local={"log_every": 1})
+    g = pretrain.pretrain_global(cfg, ci_split.pool, progress=False)
+    measured = pretrain.pretrain_local(cfg, ci_split.pool, init=g, progress=False, val=ci_split.val)
+    skipped = pretrain.pretrain_local(cfg, ci_split.pool, init=g, progress=False, val=ci_split.val, health=False)
+    assert _same_weights(measured.weights(), skipped.weights())
+    assert measured.history["loss"].tolist() == skipped.history["loss"].tolist()
+    assert len(skipped.history) == cfg.local.iterations and "loss_over_chance" in skipped.history
+    assert "retrieval_top1" in measured.history and "retrieval_top1" not in skipped.history
+
+
 def test_local_config_defaults_old_files_and_heads():
     lc = make_config("ci").local
     assert (lc.negatives, lc.ld_pairs, lc.ld_negative_regions) == (None, "official", 4)

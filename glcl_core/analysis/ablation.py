@@ -189,7 +189,8 @@ def local_ablation(
     the encoder alone) and each seed:
 
     1. :func:`~glcl_core.train.pretrain.pretrain_local` on ``split.pool`` from the shared global encoder ``init``
-       (pre-trained here once with ``cfg`` if ``None``);
+       (pre-trained here once with ``cfg`` if ``None``), without the held-out health measures (``health=False``:
+       the same training; the stage histories hold the loss and ``loss_over_chance``);
     2. :func:`~glcl_core.train.finetuning.finetune` with ``cfg.finetune`` on ``labelled`` (default: one volume drawn
        from the pool with the seed), for a fixed number of iterations with no checkpoint selection;
     3. :func:`~glcl_core.train.evaluation.evaluate` on ``split.val``. The test volumes are never touched: choosing a
@@ -257,7 +258,9 @@ def local_ablation(
                 row.update({"strategy": "-", "form": "-", "decoder_blocks": 0, "region_size": np.nan,
                             "negatives": np.nan, "loss_start": np.nan, "loss_end": np.nan, "chance": np.nan})
             else:
-                local = pretrain_local(run_cfg, split.pool, init=init, device=device, progress=progress)
+                # the table and the curves read the loss only: no held-out health measures (same training)
+                local = pretrain_local(run_cfg, split.pool, init=init, device=device, progress=progress,
+                                       health=False)
                 if seed == seeds[0]:
                     result.local[name] = local
                 h, w = local.model.feature_shape(lc.decoder_blocks)

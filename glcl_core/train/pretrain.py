@@ -221,23 +221,32 @@ def pretrain_local(
     device: torch.device | str | None = None,
     progress: bool | str | None = None,
     val: list[Volume] | None = None,
+    health: bool = True,
 ) -> StageResult:
     """Pre-train the first ``decoder_blocks`` decoder blocks and g2 with a local loss (LR or LD).
 
     The encoder comes from ``init`` (a global stage) and stays frozen (weights and batch-norm statistics).
     Views are intensity-only, so a pixel of one view corresponds to the same pixel of the other.
+
+    Health: at every logged step ``loss_over_chance``, and with ``health=True`` (default) the held-out measures of
+    :class:`~glcl_core.train.monitor.LocalMonitor` on ``val`` (``val_loss_over_chance``, ``retrieval_top1``,
+    ``effective_rank``, ``embedding_std``). ``health=False`` skips the held-out measures, which cost about as
+    much as a training step each (worth it for runs that log every step and read only the loss, such as the
+    ablations of :func:`~glcl_core.analysis.ablation.local_ablation`). The training itself is the same either
+    way: the monitor draws its batches from its own fixed-seed sampler and measures in eval mode without
+    gradients, so it changes no weight, batch-norm statistic or random stream of the run.
     """
     lc = cfg.local
     if lc.strategy not in LOCAL_STRATEGIES:
         raise ValueError(f"unknown local strategy {lc.strategy!r}; choose one of {', '.join(LOCAL_STRATEGIES)}")
     device = torch.device(device) if device is not None else default_device()
     with _run_folder(out, cfg, resume, overwrite, "local") as out_dir:
-        return _pretrain_local(cfg, volumes, init, out_dir, resume, device, progress, val)
+        return _pretrain_local(cfg, volumes, init, out_dir, resume, device, progress, val, health)
 
 
 def _pretrain_local(cfg: RunConfig, volumes: list[Volume], init: "StageResult | dict | str | Path",
                     out_dir: Path | None, resume: bool, device: torch.device, progress: bool | str | None,
-                    val: list[Volume] | None) -> StageResult:
+                    val: list[Volume] | None, health: bool = True) -> StageResult:
     lc = cfg.local
     aug_gen = _seed_everything(cfg.seed)
     model = build_model(cfg)
@@ -255,7 +264,8 @@ def _pretrain_local(cfg: RunConfig, volumes: list[Volume], init: "StageResult | 
                                    n_volumes=lc.n_volumes, batch_size=lc.batch_size)
     maps_of = _prepare(cfg, _LocalMaps(model, head, n_blocks), model)
     monitor = LocalMonitor(val or volumes, cfg, lambda f1, f2, b, project=True: _local_maps_loss(
-        f1, f2, b, cfg, head.project_regions if project and head.projection is not None else None), device)
+        f1, f2, b, cfg, head.project_regions if project and head.projection is not None else None),
+        device) if health else None
     watch = CollapseWatch(f"local {lc.strategy}", _logged_steps(lc))
     model.train()
     model.encoder.eval()  # frozen: keep its batch-norm statistics too
@@ -269,9 +279,10 @@ def _pretrain_local(cfg: RunConfig, volumes: list[Volume], init: "StageResult | 
         _optimiser_step(loss, optimiser, scaler)
         metrics = {"loss": loss.item(), "loss_over_chance": loss.item() / stats["chance"]}
         if _is_logged(i, lc):
-            project = head.project_regions if head.projection is not None else None
-            local_maps = _LocalMaps(model, head, n_blocks)
-            metrics.update(monitor.measure(model.encode, local_maps, project, model.decoder, head))
+            if monitor is not None:
+                project = head.project_regions if head.projection is not None else None
+                local_maps = _LocalMaps(model, head, n_blocks)
+                metrics.update(monitor.measure(model.encode, local_maps, project, model.decoder, head))
             watch.update(i + 1, metrics)
         return metrics
 
